@@ -1,0 +1,24 @@
+"""Soft prompts: configuration, segments, initialisation and injection into a forward pass."""
+
+from promptatlas.prompts.config import (
+    Init,
+    Method,
+    PromptConfig,
+    PromptConfigError,
+    SegmentConfig,
+)
+from promptatlas.prompts.injection import PromptedForward, PromptedLM, token_key_values
+from promptatlas.prompts.soft_prompt import SoftPrompt, expected_num_parameters
+
+__all__ = [
+    "Init",
+    "Method",
+    "PromptConfig",
+    "PromptConfigError",
+    "PromptedForward",
+    "PromptedLM",
+    "SegmentConfig",
+    "SoftPrompt",
+    "expected_num_parameters",
+    "token_key_values",
+]

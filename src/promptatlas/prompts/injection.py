@@ -1,0 +1,209 @@
+"""Running a frozen model with a soft prompt.
+
+v1 prompts are concatenated before the input embeddings (positions 0..k-1, inputs after them,
+as PEFT prompt tuning does). v2 prompts are a pre-filled key/value cache of length k in every
+layer (inputs take positions k.., as PEFT prefix tuning does). For a v2 layer subset the other
+layers get a zero prefix that an attention pre-hook masks out, so they see the inputs only.
+
+The forward returns hidden states of the *input* positions only, so callers index inputs the
+same way whatever the prompt; logits are computed by the caller for the positions it needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from promptatlas.models.registry import ModelHandle
+from promptatlas.prompts.soft_prompt import SoftPrompt
+
+__all__ = ["PromptedForward", "PromptedLM", "token_key_values"]
+
+
+@dataclass
+class PromptedForward:
+    hidden: torch.Tensor  # (B, T, d) final hidden states at the input positions
+    past_key_values: Any = None
+    attentions: tuple[torch.Tensor, ...] | None = None  # per layer (B, H, T_q, T_kv), with prompt
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # per layer output, with prompt positions
+
+
+def _cache_for(model: nn.Module) -> Any:
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
+def _to_heads(x: torch.Tensor, n_kv: int, batch: int) -> torch.Tensor:
+    """(k, d_kv) → (B, n_kv, k, head_dim)."""
+    k = x.shape[0]
+    return x.reshape(k, n_kv, -1).permute(1, 0, 2).unsqueeze(0).expand(batch, -1, -1, -1)
+
+
+@torch.no_grad()
+def token_key_values(handle: ModelHandle, ids: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """Per layer (keys, values) as (T, d_kv) that the model computes for one token sequence."""
+    cache = _cache_for(handle.model)
+    handle.adapter.backbone(handle.model)(input_ids=ids, past_key_values=cache, use_cache=True)
+    out = []
+    for layer in cache.layers:
+        k = layer.keys[0].permute(1, 0, 2).reshape(ids.shape[1], -1)
+        v = layer.values[0].permute(1, 0, 2).reshape(ids.shape[1], -1)
+        out.append((k, v))
+    return out
+
+
+class PromptedLM:
+    """A frozen model plus (optionally) a soft prompt. ``prompt=None`` is the base model."""
+
+    def __init__(self, handle: ModelHandle, prompt: SoftPrompt | None = None) -> None:
+        self.handle = handle
+        self.prompt = prompt
+        if prompt is not None and prompt.geometry != handle.geometry:
+            from promptatlas.prompts.config import PromptConfigError
+
+            raise PromptConfigError(
+                f"the prompt was built for geometry {prompt.geometry} but model "
+                f"{handle.name!r} has {handle.geometry}"
+            )
+
+    @property
+    def n_prompt(self) -> int:
+        return 0 if self.prompt is None else self.prompt.length
+
+    @property
+    def device(self) -> torch.device:
+        return self.handle.device
+
+    # -- building blocks -------------------------------------------------------------------
+    def prefix_cache(self, batch: int) -> Any:
+        """v2: a cache pre-filled with the prompt's keys/values in every layer."""
+        assert self.prompt is not None and self.prompt.method == "v2"
+        g = self.handle.geometry
+        dtype = self.handle.dtype
+        cache = _cache_for(self.handle.model)
+        k = self.prompt.length
+        per_layer = dict(zip(self.prompt.layer_indices, self.prompt.key_values(), strict=True))
+        zeros = torch.zeros(k, g.d_kv, device=self.device, dtype=dtype)
+        positions = torch.arange(k, device=self.device)
+        for layer in range(g.n_layers):
+            key, value = per_layer.get(layer, (zeros, zeros))
+            cache.update(
+                _to_heads(key.to(self.device, dtype), g.n_kv_heads, batch),
+                _to_heads(value.to(self.device, dtype), g.n_kv_heads, batch),
+                layer,
+                cache_kwargs={"cache_position": positions},
+            )
+        return cache
+
+    @contextlib.contextmanager
+    def _mask_unprompted_layers(self) -> Iterator[None]:
+        """Hide the zero prefix from layers outside a v2 layer subset."""
+        prompt = self.prompt
+        if prompt is None or prompt.method != "v2" or prompt.config.layers is None:
+            yield
+            return
+        k = prompt.length
+        chosen = set(prompt.layer_indices)
+        handles = []
+
+        def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            mask = kwargs.get("attention_mask")
+            if mask is None or mask.dim() != 4:
+                raise RuntimeError(
+                    "v2 layer subsets need a materialised 4-D attention mask; load the model "
+                    "with attn_implementation='eager'"
+                )
+            mask = mask.clone()
+            if mask.dtype == torch.bool:
+                mask[..., :k] = False
+            else:
+                mask[..., :k] = torch.finfo(mask.dtype).min
+            kwargs["attention_mask"] = mask
+            return args, kwargs
+
+        layers = self.handle.adapter.layers(self.handle.model)
+        for i, layer in enumerate(layers):
+            if i not in chosen:
+                attn = self.handle.adapter.attention(layer)
+                handles.append(attn.register_forward_pre_hook(hook, with_kwargs=True))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    # -- forward -------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> PromptedForward:
+        """Run the backbone on right- or left-padded ``input_ids`` (B, T) with the prompt.
+
+        With ``past_key_values`` (incremental decoding) the prompt is already in the cache and
+        ``attention_mask`` must cover it; positions are then the caller's business.
+        """
+        handle = self.handle
+        backbone = handle.adapter.backbone(handle.model)
+        batch, _ = input_ids.shape
+        embed = handle.adapter.input_embeddings(handle.model)
+        kwargs: dict[str, Any] = {
+            "use_cache": use_cache,
+            "output_attentions": output_attentions,
+            "output_hidden_states": output_hidden_states,
+        }
+        prompt = self.prompt if past_key_values is None else None
+        mask = attention_mask
+        n_drop = 0
+        if prompt is not None and prompt.method == "v1":
+            p = prompt.tensor().to(self.device, handle.dtype)
+            embeds = torch.cat([p.unsqueeze(0).expand(batch, -1, -1), embed(input_ids)], dim=1)
+            ones = torch.ones(batch, prompt.length, dtype=mask.dtype, device=mask.device)
+            mask = torch.cat([ones, mask], dim=1)
+            kwargs["inputs_embeds"] = embeds
+            n_drop = prompt.length
+            if position_ids is not None:
+                prompt_pos = torch.arange(prompt.length, device=self.device).expand(batch, -1)
+                position_ids = torch.cat([prompt_pos, position_ids + prompt.length], dim=1)
+        else:
+            kwargs["input_ids"] = input_ids
+            if prompt is not None:  # v2
+                past_key_values = self.prefix_cache(batch)
+                ones = torch.ones(batch, prompt.length, dtype=mask.dtype, device=mask.device)
+                mask = torch.cat([ones, mask], dim=1)
+                if position_ids is not None:
+                    position_ids = position_ids + prompt.length
+                kwargs["use_cache"] = True
+        if past_key_values is not None:
+            kwargs["past_key_values"] = past_key_values
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+        with self._mask_unprompted_layers():
+            out = backbone(attention_mask=mask, **kwargs)
+        hidden = out.last_hidden_state[:, n_drop:]
+        return PromptedForward(
+            hidden=hidden,
+            past_key_values=getattr(out, "past_key_values", None) if use_cache else None,
+            attentions=getattr(out, "attentions", None),
+            hidden_states=getattr(out, "hidden_states", None),
+        )
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM-head logits for already-selected hidden states (N, d) → (N, V)."""
+        return self.handle.adapter.logits(self.handle.model, hidden)
+
+    def full_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits at every input position (B, T, V). For tests and small inputs only."""
+        return self.logits(self.forward(input_ids, attention_mask).hidden)
