@@ -1,0 +1,1 @@
+"""Evaluation: predictions and task metrics."""

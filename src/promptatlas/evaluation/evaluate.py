@@ -1,0 +1,86 @@
+"""Evaluate a prompt on a task split: predictions + the task's metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from promptatlas.evaluation.metrics import compute_metrics
+from promptatlas.evaluation.predict import generate, rank_classify
+from promptatlas.formatting import TaskFormatter
+from promptatlas.prompts.injection import PromptedLM
+from promptatlas.tasks import Example
+
+__all__ = ["EvalConfig", "EvalResult", "evaluate"]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to predict. ``mode`` "rank" (classification default) scores each label's words;
+    "generate" decodes greedily and maps the text to a label (reported separately)."""
+
+    mode: Literal["auto", "rank", "generate"] = "auto"
+    batch_size: int = 16
+    length_normalise: bool = False
+    score_eos: bool = False
+    max_new_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "rank", "generate"):
+            raise ValueError(f"mode must be auto, rank or generate, got {self.mode!r}")
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError("batch_size and max_new_tokens must be ≥ 1")
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    predictions: list[str]
+    n: int
+    mode: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def score(self) -> float:
+        return float(self.metrics["score"])
+
+
+def evaluate(
+    plm: PromptedLM,
+    formatter: TaskFormatter,
+    examples: Sequence[Example],
+    config: EvalConfig | None = None,
+) -> EvalResult:
+    """Predict every example and compute the task's metrics (fractions in [0, 1])."""
+    cfg = config or EvalConfig()
+    if not examples:
+        raise ValueError(f"no examples to evaluate for {formatter.task.name}")
+    task = formatter.task
+    mode = cfg.mode
+    if mode == "auto":
+        mode = "rank" if task.spec.kind == "classification" else "generate"
+    if mode == "rank":
+        if task.spec.kind != "classification":
+            raise ValueError(f"rank classification needs a classification task, not {task.name}")
+        preds, _ = rank_classify(
+            plm,
+            formatter,
+            examples,
+            batch_size=cfg.batch_size,
+            length_normalise=cfg.length_normalise,
+            score_eos=cfg.score_eos,
+        )
+        return EvalResult(compute_metrics(task, preds, examples), preds, len(examples), mode)
+    texts = generate(
+        plm, formatter, examples, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size
+    )
+    if task.spec.kind == "classification":
+        # Generated label words → label keys; anything else counts as wrong ("<invalid>").
+        words = {task.verbalizers[lab]: lab for lab in task.labels}
+        preds = [words.get(t.strip(), "<invalid>") for t in texts]
+        valid = sum(p != "<invalid>" for p in preds) / len(preds)
+        metrics = compute_metrics(task, preds, examples)
+        metrics["valid_label_rate"] = valid
+        return EvalResult(metrics, texts, len(examples), mode)
+    return EvalResult(compute_metrics(task, texts, examples), texts, len(examples), mode)

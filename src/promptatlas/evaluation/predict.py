@@ -1,0 +1,151 @@
+"""Prediction with a prompted model: LM loss, rank classification and greedy generation.
+
+Logits are computed only where they are needed (target positions, the decoding token, the
+last generated position): with a 262k vocabulary the LM head dominates otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from promptatlas.formatting import Batch, EncodedExample, TaskFormatter, collate
+from promptatlas.prompts.injection import PromptedLM
+from promptatlas.tasks import Example
+
+__all__ = ["generate", "rank_classify", "target_logprobs", "target_loss"]
+
+
+def target_loss(plm: PromptedLM, batch: Batch) -> torch.Tensor:
+    """Mean negative log-likelihood of the target tokens (``y <eos>``) of a batch."""
+    batch = batch.to(plm.device)
+    out = plm.forward(batch.input_ids, batch.attention_mask)
+    select = batch.target_mask[:, 1:]
+    logits = plm.logits(out.hidden[:, :-1][select])
+    labels = batch.input_ids[:, 1:][select]
+    return F.cross_entropy(logits.float(), labels)
+
+
+def target_logprobs(plm: PromptedLM, batch: Batch) -> torch.Tensor:
+    """Per-sequence summed log-probability of the target tokens, and their counts: (B, 2)."""
+    batch = batch.to(plm.device)
+    out = plm.forward(batch.input_ids, batch.attention_mask)
+    select = batch.target_mask[:, 1:]
+    logp = torch.log_softmax(plm.logits(out.hidden[:, :-1][select]).float(), dim=-1)
+    labels = batch.input_ids[:, 1:][select]
+    token_lp = logp.gather(1, labels[:, None])[:, 0]
+    rows = torch.nonzero(select, as_tuple=True)[0]
+    total = torch.zeros(batch.input_ids.shape[0], device=token_lp.device).index_add(0, rows, token_lp)
+    count = select.sum(1).float()
+    return torch.stack([total, count], dim=1)
+
+
+def _batches(order: Sequence[int], size: int) -> list[list[int]]:
+    return [list(order[i : i + size]) for i in range(0, len(order), size)]
+
+
+@torch.no_grad()
+def rank_classify(
+    plm: PromptedLM,
+    formatter: TaskFormatter,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 16,
+    length_normalise: bool = False,
+    score_eos: bool = False,
+) -> tuple[list[str], torch.Tensor]:
+    """Score every label's verbalizer after the context and pick the best (SPEC §2).
+
+    Returns the predicted label keys and the (N, n_labels) scores (sum of log-probs, or their
+    mean with ``length_normalise``). When every verbalizer is one token and eos is not scored,
+    one forward pass per example suffices (the label distribution at the decoding token);
+    otherwise each example is expanded once per label.
+    """
+    labels = list(formatter.task.labels)
+    label_ids = formatter.label_token_ids()
+    suffix = [label_ids[lab] + ([formatter.eos_id] if score_eos else []) for lab in labels]
+    contexts = [formatter.encode_context(ex, reserve=max(len(s) for s in suffix)) for ex in examples]
+    scores = torch.empty(len(examples), len(labels))
+    order = sorted(range(len(examples)), key=lambda i: len(contexts[i]))  # less padding
+    pad = formatter.tokenizer.pad_token_id
+    if all(len(s) == 1 for s in suffix):
+        first = torch.tensor([s[0] for s in suffix], device=plm.device)
+        for idx in _batches(order, batch_size):
+            batch = collate([EncodedExample(tuple(contexts[i]), len(contexts[i])) for i in idx], pad)
+            batch = batch.to(plm.device)
+            out = plm.forward(batch.input_ids, batch.attention_mask)
+            last = out.hidden[torch.arange(len(idx)), batch.lengths - 1]
+            logp = torch.log_softmax(plm.logits(last).float(), dim=-1)[:, first]
+            scores[idx] = logp.cpu()
+    else:
+        per = max(1, batch_size // len(labels))
+        for idx in _batches(order, per):
+            items = [
+                EncodedExample(tuple(contexts[i] + s), len(contexts[i])) for i in idx for s in suffix
+            ]
+            lp = target_logprobs(plm, collate(items, pad)).cpu()
+            value = lp[:, 0] / lp[:, 1] if length_normalise else lp[:, 0]
+            scores[idx] = value.view(len(idx), len(labels))
+    best = scores.argmax(dim=1).tolist()
+    return [labels[i] for i in best], scores
+
+
+@torch.no_grad()
+def generate(
+    plm: PromptedLM,
+    formatter: TaskFormatter,
+    examples: Sequence[Example],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+) -> list[str]:
+    """Greedy decoding after the context until eos or ``max_new_tokens``.
+
+    Batches are left-padded with explicit position ids, so every example sees exactly the
+    positions it sees in training (prompt first, then its own tokens)."""
+    contexts = [formatter.encode_context(ex, reserve=max_new_tokens) for ex in examples]
+    outputs: list[list[int]] = [[] for _ in examples]
+    order = sorted(range(len(examples)), key=lambda i: len(contexts[i]))
+    pad = formatter.tokenizer.pad_token_id
+    eos = formatter.eos_id
+    for idx in _batches(order, batch_size):
+        width = max(len(contexts[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            n = len(contexts[i])
+            ids[row, width - n :] = torch.tensor(contexts[i])
+            mask[row, width - n :] = 1
+        ids, mask = ids.to(plm.device), mask.to(plm.device)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        out = plm.forward(ids, mask, position_ids=positions, use_cache=True)
+        cache = out.past_key_values
+        full_mask = torch.cat(
+            [torch.ones(len(idx), plm.n_prompt, dtype=mask.dtype, device=mask.device), mask], 1
+        )
+        next_pos = positions[:, -1:] + 1 + plm.n_prompt
+        last = out.hidden[:, -1]
+        done = torch.zeros(len(idx), dtype=torch.bool, device=plm.device)
+        for _ in range(max_new_tokens):
+            token = plm.logits(last).argmax(-1)
+            token = torch.where(done, torch.full_like(token, eos), token)
+            for row, i in enumerate(idx):
+                if not done[row] and int(token[row]) != eos:
+                    outputs[i].append(int(token[row]))
+            done |= token == eos
+            if bool(done.all()):
+                break
+            full_mask = torch.cat([full_mask, torch.ones_like(full_mask[:, :1])], 1)
+            step = plm.forward(
+                token[:, None],
+                full_mask,
+                position_ids=next_pos,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache = step.past_key_values
+            next_pos = next_pos + 1
+            last = step.hidden[:, -1]
+    return [formatter.tokenizer.decode(o, skip_special_tokens=True).strip() for o in outputs]

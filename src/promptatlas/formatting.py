@@ -1,0 +1,129 @@
+"""The unified text-to-text format (SPEC §2) and dynamic-padding batches.
+
+Single-input task: ``[P] <bos> x <sep> y <eos>``; pair task: ``[P] <bos> x1 <sep> x2 <sep> y <eos>``.
+The loss covers ``y <eos>`` only. The *decoding token* is the last ``<sep>``: its next-token
+prediction is the first target token.
+
+Separator: the tokenizer's sep token when it has one, else its eos token (Gemma and GPT-2 have
+no sep token; mGPT in the thesis used ``</s>``). Any literal text can be configured instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from promptatlas.tasks import Example, TaskVariant
+
+__all__ = ["Batch", "EncodedExample", "FormatConfig", "TaskFormatter", "collate"]
+
+
+@dataclass(frozen=True)
+class FormatConfig:
+    separator: str = "sep_token"  # "sep_token" (tokenizer sep, else eos) or literal text
+    add_bos: bool = True
+    add_eos: bool = True  # after the target
+    max_length: int | None = None  # total tokens of input + target; None = the task's budget
+
+    def __post_init__(self) -> None:
+        if self.max_length is not None and self.max_length < 8:
+            raise ValueError(f"max_length must be ≥ 8 tokens, got {self.max_length}")
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    ids: tuple[int, ...]  # context (ending with the decoding token) followed by the target
+    n_context: int  # number of context tokens; target tokens are ids[n_context:]
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, T) right-padded
+    attention_mask: torch.Tensor  # (B, T)
+    target_mask: torch.Tensor  # (B, T) True where the token is a target token
+    lengths: torch.Tensor  # (B,) real lengths
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask,
+                                               self.target_mask, self.lengths)))
+
+
+class TaskFormatter:
+    """Turns examples of one task into token ids for one tokenizer."""
+
+    def __init__(self, tokenizer: Any, task: TaskVariant, fmt: FormatConfig | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.task = task
+        self.fmt = fmt or FormatConfig()
+        self.max_length = self.fmt.max_length or task.max_length
+        self.bos = [tokenizer.bos_token_id] if self.fmt.add_bos and tokenizer.bos_token_id is not None else []
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError("the tokenizer has no eos token; set one before formatting")
+        self.eos_id = int(eos)
+        if self.fmt.separator == "sep_token":
+            sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else eos
+            self.sep = [int(sep)]
+        else:
+            self.sep = self._tok(self.fmt.separator)
+        self._label_ids: dict[str, list[int]] | None = None
+
+    def _tok(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # -- encoding ------------------------------------------------------------------------
+    def encode_target(self, text: str) -> list[int]:
+        ids = self._tok(text)
+        return ids + [self.eos_id] if self.fmt.add_eos else ids
+
+    def encode_context(self, example: Example, reserve: int = 0) -> list[int]:
+        """``<bos> x1 <sep> [x2 <sep>]`` truncated (longest input first, from its end) so that
+        context + ``reserve`` target tokens fit ``max_length``."""
+        parts = [self._tok(x) for x in example.inputs]
+        fixed = len(self.bos) + len(self.sep) * len(parts)
+        budget = max(1, self.max_length - reserve - fixed)
+        while sum(len(p) for p in parts) > budget:
+            longest = max(range(len(parts)), key=lambda i: len(parts[i]))
+            excess = sum(len(p) for p in parts) - budget
+            keep = max(1, len(parts[longest]) - excess)
+            if keep == len(parts[longest]):
+                break
+            parts[longest] = parts[longest][:keep]
+        ids = list(self.bos)
+        for p in parts:
+            ids += p + self.sep
+        return ids
+
+    def encode(self, example: Example) -> EncodedExample:
+        target = self.encode_target(example.target)
+        context = self.encode_context(example, reserve=len(target))
+        return EncodedExample(tuple(context + target), len(context))
+
+    def label_token_ids(self) -> dict[str, list[int]]:
+        """Token ids of each label's verbalizer (classification tasks), without eos."""
+        if self._label_ids is None:
+            self._label_ids = {
+                label: self._tok(self.task.verbalizers[label]) for label in self.task.labels
+            }
+            empty = [lab for lab, ids in self._label_ids.items() if not ids]
+            if empty:
+                raise ValueError(f"label words of {empty} tokenize to nothing")
+        return self._label_ids
+
+
+def collate(items: Sequence[EncodedExample], pad_id: int) -> Batch:
+    """Right-pad to the longest item of this batch (dynamic padding)."""
+    width = max(len(it.ids) for it in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    target = torch.zeros((len(items), width), dtype=torch.bool)
+    for i, it in enumerate(items):
+        n = len(it.ids)
+        ids[i, :n] = torch.tensor(it.ids)
+        mask[i, :n] = 1
+        target[i, it.n_context : n] = True
+    lengths = mask.sum(1)
+    return Batch(ids, mask, target, lengths)
