@@ -1,6 +1,7 @@
 """The unified text-to-text format (SPEC §2) and dynamic-padding batches.
 
-Single-input task: ``[P] <bos> x <sep> y <eos>``; pair task: ``[P] <bos> x1 <sep> x2 <sep> y <eos>``.
+Single-input task: ``[P] <bos> x <sep> y <eos>``;
+pair task: ``[P] <bos> x1 <sep> x2 <sep> y <eos>``.
 The loss covers ``y <eos>`` only. The *decoding token* is the last ``<sep>``: its next-token
 prediction is the first target token.
 
@@ -47,8 +48,12 @@ class Batch:
     lengths: torch.Tensor  # (B,) real lengths
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask,
-                                               self.target_mask, self.lengths)))
+        return Batch(
+            *(
+                t.to(device)
+                for t in (self.input_ids, self.attention_mask, self.target_mask, self.lengths)
+            )
+        )
 
 
 class TaskFormatter:
@@ -59,7 +64,11 @@ class TaskFormatter:
         self.task = task
         self.fmt = fmt or FormatConfig()
         self.max_length = self.fmt.max_length or task.max_length
-        self.bos = [tokenizer.bos_token_id] if self.fmt.add_bos and tokenizer.bos_token_id is not None else []
+        self.bos = (
+            [tokenizer.bos_token_id]
+            if self.fmt.add_bos and tokenizer.bos_token_id is not None
+            else []
+        )
         eos = tokenizer.eos_token_id
         if eos is None:
             raise ValueError("the tokenizer has no eos token; set one before formatting")
@@ -77,7 +86,7 @@ class TaskFormatter:
     # -- encoding ------------------------------------------------------------------------
     def encode_target(self, text: str) -> list[int]:
         ids = self._tok(text)
-        return ids + [self.eos_id] if self.fmt.add_eos else ids
+        return [*ids, self.eos_id] if self.fmt.add_eos else ids
 
     def encode_context(self, example: Example, reserve: int = 0) -> list[int]:
         """``<bos> x1 <sep> [x2 <sep>]`` truncated (longest input first, from its end) so that

@@ -37,7 +37,9 @@ def target_logprobs(plm: PromptedLM, batch: Batch) -> torch.Tensor:
     labels = batch.input_ids[:, 1:][select]
     token_lp = logp.gather(1, labels[:, None])[:, 0]
     rows = torch.nonzero(select, as_tuple=True)[0]
-    total = torch.zeros(batch.input_ids.shape[0], device=token_lp.device).index_add(0, rows, token_lp)
+    total = torch.zeros(batch.input_ids.shape[0], device=token_lp.device).index_add(
+        0, rows, token_lp
+    )
     count = select.sum(1).float()
     return torch.stack([total, count], dim=1)
 
@@ -66,14 +68,18 @@ def rank_classify(
     labels = list(formatter.task.labels)
     label_ids = formatter.label_token_ids()
     suffix = [label_ids[lab] + ([formatter.eos_id] if score_eos else []) for lab in labels]
-    contexts = [formatter.encode_context(ex, reserve=max(len(s) for s in suffix)) for ex in examples]
+    contexts = [
+        formatter.encode_context(ex, reserve=max(len(s) for s in suffix)) for ex in examples
+    ]
     scores = torch.empty(len(examples), len(labels))
     order = sorted(range(len(examples)), key=lambda i: len(contexts[i]))  # less padding
     pad = formatter.tokenizer.pad_token_id
     if all(len(s) == 1 for s in suffix):
         first = torch.tensor([s[0] for s in suffix], device=plm.device)
         for idx in _batches(order, batch_size):
-            batch = collate([EncodedExample(tuple(contexts[i]), len(contexts[i])) for i in idx], pad)
+            batch = collate(
+                [EncodedExample(tuple(contexts[i]), len(contexts[i])) for i in idx], pad
+            )
             batch = batch.to(plm.device)
             out = plm.forward(batch.input_ids, batch.attention_mask)
             last = out.hidden[torch.arange(len(idx)), batch.lengths - 1]
@@ -83,7 +89,9 @@ def rank_classify(
         per = max(1, batch_size // len(labels))
         for idx in _batches(order, per):
             items = [
-                EncodedExample(tuple(contexts[i] + s), len(contexts[i])) for i in idx for s in suffix
+                EncodedExample(tuple(contexts[i] + s), len(contexts[i]))
+                for i in idx
+                for s in suffix
             ]
             lp = target_logprobs(plm, collate(items, pad)).cpu()
             value = lp[:, 0] / lp[:, 1] if length_normalise else lp[:, 0]

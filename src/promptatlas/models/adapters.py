@@ -30,7 +30,8 @@ class UnsupportedArchitectureError(ValueError):
 
 @dataclass(frozen=True)
 class ModelGeometry:
-    """Sizes read from a model config; d_kv may differ from d_model under grouped-query attention."""
+    """Sizes read from a model config (d_kv may differ from d_model under grouped-query
+    attention)."""
 
     n_layers: int
     d_model: int
@@ -164,7 +165,9 @@ ADAPTERS: tuple[ArchitectureAdapter, ...] = (
         model_types=("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "granite"),
         **_DECODER,
     ),
-    ArchitectureAdapter(family="gemma3", model_types=("gemma3_text", "gemma2", "gemma"), **_DECODER),
+    ArchitectureAdapter(
+        family="gemma3", model_types=("gemma3_text", "gemma2", "gemma"), **_DECODER
+    ),
 )
 
 

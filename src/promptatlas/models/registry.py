@@ -67,7 +67,8 @@ class ModelHandle:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype  # type: ignore[no-any-return]
+        dtype: torch.dtype = next(self.model.parameters()).dtype
+        return dtype
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
 
     print(f"promptatlas: converting {gguf_path.name} to safetensors in {target} (one time)...")
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
     )
     # The weights are now plain float32; drop the GGUF quantisation marker so they can be saved.
@@ -210,7 +211,12 @@ def _tiny_config(family: str, vocab: int) -> Any:
     from transformers import GPT2Config, LlamaConfig
     from transformers.models.gemma3 import Gemma3TextConfig
 
-    common = {"vocab_size": vocab, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    common: dict[str, Any] = {
+        "vocab_size": vocab,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
     if family == "gpt2":
         return GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=512, **common)
     if family == "llama":
@@ -231,7 +237,12 @@ def _tiny_config(family: str, vocab: int) -> Any:
         num_key_value_heads=1,
         head_dim=16,
         sliding_window=64,
-        layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
+        layer_types=[
+            "sliding_attention",
+            "sliding_attention",
+            "sliding_attention",
+            "full_attention",
+        ],
         max_position_embeddings=512,
         **common,
     )
@@ -250,8 +261,9 @@ def _tiny_entry(family: str) -> ModelEntry:
             if (target / "config.json").exists():
                 return target
             tokenizer = _byte_tokenizer()
-            torch.manual_seed(0)
-            model = AutoModelForCausalLM.from_config(_tiny_config(family, len(tokenizer)))
+            with torch.random.fork_rng():  # leave the caller's RNG untouched
+                torch.manual_seed(0)
+                model = AutoModelForCausalLM.from_config(_tiny_config(family, len(tokenizer)))
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
@@ -359,7 +371,7 @@ def load_model(
         source = str(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=not online)
-        model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(
             path,
             dtype=torch_dtype,
             attn_implementation=attn_implementation,

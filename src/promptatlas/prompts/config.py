@@ -72,8 +72,7 @@ class PromptConfig:
         if self.init_range <= 0:
             raise PromptConfigError("init_range must be positive")
         segs = tuple(
-            s if isinstance(s, SegmentConfig) else SegmentConfig(**s)  # type: ignore[arg-type]
-            for s in self.segments
+            s if isinstance(s, SegmentConfig) else SegmentConfig(**s) for s in self.segments
         )
         if not segs:
             if self.length < 1:
@@ -104,7 +103,8 @@ class PromptConfig:
         bad = [i for i in self.layers if i >= n_layers]
         if bad:
             raise PromptConfigError(
-                f"prompt layers {bad} do not exist: the model has {n_layers} layers (0–{n_layers - 1})"
+                f"prompt layers {bad} do not exist: the model has {n_layers} layers "
+                f"(0–{n_layers - 1})"
             )
         return self.layers
 

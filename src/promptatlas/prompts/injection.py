@@ -33,7 +33,7 @@ class PromptedForward:
     hidden_states: tuple[torch.Tensor, ...] | None = None  # per layer output, with prompt positions
 
 
-def _cache_for(model: nn.Module) -> Any:
+def _cache_for(model: Any) -> Any:
     from transformers import DynamicCache
 
     return DynamicCache(config=model.config)
@@ -50,7 +50,7 @@ def token_key_values(handle: ModelHandle, ids: torch.Tensor) -> list[tuple[torch
     """Per layer (keys, values) as (T, d_kv) that the model computes for one token sequence."""
     cache = _cache_for(handle.model)
     handle.adapter.backbone(handle.model)(input_ids=ids, past_key_values=cache, use_cache=True)
-    out = []
+    out: list[tuple[torch.Tensor, ...]] = []
     for layer in cache.layers:
         k = layer.keys[0].permute(1, 0, 2).reshape(ids.shape[1], -1)
         v = layer.values[0].permute(1, 0, 2).reshape(ids.shape[1], -1)

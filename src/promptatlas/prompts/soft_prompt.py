@@ -44,9 +44,7 @@ class SoftPrompt(nn.Module):
         self.segments = nn.ParameterDict()
         for seg in config.segments:
             shape = self.segment_shape(seg.length)
-            self.segments[seg.name] = nn.Parameter(
-                torch.zeros(shape), requires_grad=seg.trainable
-            )
+            self.segments[seg.name] = nn.Parameter(torch.zeros(shape), requires_grad=seg.trainable)
 
     # -- shapes --------------------------------------------------------------------------
     @property
@@ -166,7 +164,9 @@ class SoftPrompt(nn.Module):
 def _sample_vocab_ids(handle: Any, n: int, generator: torch.Generator) -> list[int]:
     """Random ids among the first 5,000 non-special tokens (Lester et al. sample frequent ones)."""
     special = set(handle.tokenizer.all_special_ids)
-    pool = [i for i in range(min(handle.geometry.vocab_size, 5000 + len(special))) if i not in special]
+    pool = [
+        i for i in range(min(handle.geometry.vocab_size, 5000 + len(special))) if i not in special
+    ]
     picks = torch.randint(0, len(pool), (n,), generator=generator)
     return [pool[int(i)] for i in picks]
 

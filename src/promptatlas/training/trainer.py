@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from promptatlas.evaluation.evaluate import EvalConfig, evaluate
 from promptatlas.evaluation.predict import target_loss
-from promptatlas.formatting import EncodedExample, TaskFormatter, collate
+from promptatlas.formatting import TaskFormatter, collate
 from promptatlas.prompts.injection import PromptedLM
 from promptatlas.prompts.soft_prompt import SoftPrompt
 from promptatlas.tasks import Example
@@ -75,7 +75,7 @@ class TrainConfig:
         if not 0 <= self.warmup < 1:
             raise TrainConfigError(f"warmup is a fraction in [0, 1), got {self.warmup}")
         if self.schedule not in ("linear", "cosine", "constant"):
-            raise TrainConfigError(f"schedule must be linear, cosine or constant")
+            raise TrainConfigError("schedule must be linear, cosine or constant")
         if self.patience is not None and (self.patience < 1 or self.eval_every < 1):
             raise TrainConfigError("patience needs eval_every ≥ 1 and patience ≥ 1")
 
@@ -110,7 +110,7 @@ def _micro_batch(n: int, size: int, seed: int, index: int) -> list[int]:
 
 
 def _schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:
-    warm = int(round(cfg.warmup * total))
+    warm = round(cfg.warmup * total)
 
     def factor(step: int) -> float:
         if step < warm:
@@ -163,10 +163,21 @@ def train_prompt(
     total = config.total_steps(len(encoded))
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total))
-    state: dict[str, Any] = {"step": 0, "history": [], "best": None, "best_step": None,
-                             "bad_evals": 0, "best_tensors": None, "stopped_early": False}
+    state: dict[str, Any] = {
+        "step": 0,
+        "history": [],
+        "best": None,
+        "best_step": None,
+        "bad_evals": 0,
+        "best_tensors": None,
+        "stopped_early": False,
+    }
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
-    fingerprint = {"train": config.to_dict(), "n_train": len(encoded), "prompt": prompt.config.to_dict()}
+    fingerprint = {
+        "train": config.to_dict(),
+        "n_train": len(encoded),
+        "prompt": prompt.config.to_dict(),
+    }
     if ckpt is not None and ckpt.exists():
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
         if saved.get("fingerprint") != fingerprint:
@@ -224,22 +235,32 @@ def train_prompt(
             optimizer.step()
             scheduler.step()
             state["step"] = step + 1
-            record: dict[str, float] = {"step": step + 1, "loss": loss_sum,
-                                        "lr": scheduler.get_last_lr()[0]}
+            record: dict[str, float] = {
+                "step": step + 1,
+                "loss": loss_sum,
+                "lr": float(scheduler.get_last_lr()[0]),
+            }
             if dev and config.eval_every and (step + 1) % config.eval_every == 0:
                 score = dev_score()
                 record["dev"] = score
                 if on_eval is not None:
                     on_eval(step + 1, score)
                 if state["best"] is None or score > state["best"]:
-                    state.update(best=score, best_step=step + 1, bad_evals=0,
-                                 best_tensors=prompt.state_tensors())
+                    state.update(
+                        best=score,
+                        best_step=step + 1,
+                        bad_evals=0,
+                        best_tensors=prompt.state_tensors(),
+                    )
                 else:
                     state["bad_evals"] += 1
                     if config.patience and state["bad_evals"] >= config.patience:
                         state["stopped_early"] = True
             state["history"].append(record)
-            bar.set_postfix(loss=f"{loss_sum:.4f}", **({"dev": f"{record['dev']:.3f}"} if "dev" in record else {}))
+            shown = {"loss": f"{loss_sum:.4f}"}
+            if "dev" in record:
+                shown["dev"] = f"{record['dev']:.3f}"
+            bar.set_postfix(shown)
             bar.update(1)
             last = state["step"] == total or state["stopped_early"]
             due = config.checkpoint_every and state["step"] % config.checkpoint_every == 0

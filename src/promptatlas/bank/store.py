@@ -1,0 +1,393 @@
+"""The prompt bank: a trained prompt is a directory with two files.
+
+``prompt.safetensors`` holds one tensor per segment, named by segment, in the segment layout of
+:class:`~promptatlas.prompts.SoftPrompt` (v1 (k, d_model); v2 shared (L, k, d_kv); v2 separate
+(L, 2, k, d_kv)). ``prompt.json`` holds :class:`PromptMetadata`: the model the prompt was trained
+on (name, weights fingerprint, geometry), the prompt configuration, task/language/seed, metrics,
+the full run configuration and library versions.
+
+A prompt directory belongs to the bank: :func:`save_prompt` writes a complete new directory
+beside the target and renames it into place, so a reader sees either the old prompt or the new
+one, never a mix or a half-written file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from promptatlas.bank._atomic import atomic_directory
+from promptatlas.models.adapters import ModelGeometry
+from promptatlas.models.registry import ModelHandle
+from promptatlas.prompts.config import PromptConfig, PromptConfigError
+from promptatlas.prompts.soft_prompt import SoftPrompt
+
+__all__ = [
+    "FORMAT_VERSION",
+    "METADATA_FILE",
+    "TENSORS_FILE",
+    "PromptLoadError",
+    "PromptMetadata",
+    "StoredPrompt",
+    "check_compatible",
+    "list_prompts",
+    "load_prompt",
+    "read_metadata",
+    "save_prompt",
+    "update_metrics",
+    "versions",
+]
+
+FORMAT_VERSION = 1
+TENSORS_FILE = "prompt.safetensors"
+METADATA_FILE = "prompt.json"
+_PROMPT_FILES = frozenset({TENSORS_FILE, METADATA_FILE})
+
+
+class PromptLoadError(ValueError):
+    """A stored prompt cannot be loaded; the message names the file, the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class PromptMetadata:
+    """Everything in ``prompt.json``."""
+
+    format_version: int
+    model: str  # registry name / path the prompt was trained on
+    model_fingerprint: str  # ModelHandle.fingerprint
+    geometry: dict[str, int]  # dataclasses.asdict(ModelGeometry)
+    prompt: dict[str, Any]  # PromptConfig.to_dict(), with the actual trainable flags
+    task: str | None
+    lang: str | None
+    seed: int | None
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    versions: dict[str, str]
+    created: str  # ISO-8601 UTC
+    num_parameters: int
+    extra: dict[str, Any]
+    # Where the weights were loaded from (ModelHandle.source); PEFT exports use it as
+    # base_model_name_or_path. Defaulted so metadata written without it still reads.
+    model_source: str = ""
+
+    @property
+    def prompt_config(self) -> PromptConfig:
+        return PromptConfig.from_dict(self.prompt)
+
+    @property
+    def model_geometry(self) -> ModelGeometry:
+        return ModelGeometry(**self.geometry)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class StoredPrompt:
+    path: Path
+    prompt: SoftPrompt
+    meta: PromptMetadata
+
+
+_REQUIRED = tuple(f.name for f in dataclasses.fields(PromptMetadata) if f.name != "model_source")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, the platform and the libraries that determine a run's numbers."""
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("promptatlas", "torch", "transformers", "peft", "safetensors"):
+        try:
+            out[dist] = importlib_metadata.version(dist)
+        except importlib_metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+# -- JSON helpers ---------------------------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    """Make common non-JSON values (paths, dataclasses, sets, numpy/torch scalars) serialisable."""
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    if isinstance(value, torch.dtype | torch.device):
+        return str(value)
+    for method in ("tolist", "item"):  # numpy arrays/scalars, torch tensors
+        if callable(getattr(value, method, None)):
+            return getattr(value, method)()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable: {value!r}")
+
+
+def _dumps(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same directory and os.replace (atomic on POSIX)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# -- saving ---------------------------------------------------------------------------------
+
+
+def _prompt_dict(prompt: SoftPrompt) -> dict[str, Any]:
+    """The prompt config with each segment's *current* trainable flag: set_trainable() may have
+    changed it after construction, and a reloaded prompt must freeze the same segments."""
+    data = prompt.config.to_dict()
+    for seg in data["segments"]:
+        seg["trainable"] = bool(prompt.segments[seg["name"]].requires_grad)
+    return data
+
+
+def save_prompt(
+    directory: str | Path,
+    prompt: SoftPrompt,
+    handle: ModelHandle,
+    *,
+    task: str | None = None,
+    lang: str | None = None,
+    seed: int | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save ``prompt`` (trained on ``handle``) as a prompt directory and return its path.
+
+    Both files are written to a temporary directory beside ``directory`` which is then renamed
+    into place; an existing prompt directory is replaced only after the new one is complete.
+    A non-empty directory that is not a prompt directory is never replaced.
+    """
+    target = Path(directory).expanduser().absolute()
+    if prompt.geometry != handle.geometry:
+        raise ValueError(
+            f"cannot save: the prompt was built for "
+            f"({_describe_geometry(dataclasses.asdict(prompt.geometry))}) but the model "
+            f"{handle.name!r} has ({_describe_geometry(dataclasses.asdict(handle.geometry))})"
+        )
+    meta = PromptMetadata(
+        format_version=FORMAT_VERSION,
+        model=handle.name,
+        model_fingerprint=handle.fingerprint,
+        geometry=dataclasses.asdict(handle.geometry),
+        prompt=_prompt_dict(prompt),
+        task=task,
+        lang=lang,
+        seed=seed,
+        metrics=dict(metrics or {}),
+        config=dict(config or {}),
+        versions=versions(),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        num_parameters=prompt.num_parameters(),
+        extra=dict(extra or {}),
+        model_source=handle.source or handle.name,
+    )
+    # Serialise before touching the disk so a bad config value fails with nothing written.
+    text = _dumps(meta.to_dict())
+
+    from safetensors.torch import save_file
+
+    with atomic_directory(target, _PROMPT_FILES, "prompt directory") as tmp:
+        save_file(prompt.state_tensors(), str(tmp / TENSORS_FILE), metadata={"format": "pt"})
+        (tmp / METADATA_FILE).write_text(text, encoding="utf-8")
+    return target
+
+
+def update_metrics(directory: str | Path, metrics: Mapping[str, Any]) -> None:
+    """Merge ``metrics`` into the stored metrics (nested dicts merge key by key), atomically.
+
+    Not safe against two processes updating the same prompt concurrently (last writer wins)."""
+    path = Path(directory) / METADATA_FILE
+    raw = _read_json(path)
+    _parse_metadata(raw, path)  # refuse to rewrite a file we could not load afterwards
+    raw["metrics"] = _deep_merge(dict(raw.get("metrics") or {}), metrics)
+    _write_text_atomic(path, _dumps(raw))
+
+
+# -- loading --------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.parent.is_dir():
+        raise PromptLoadError(f"prompt directory {path.parent} does not exist; check the path")
+    if not path.is_file():
+        raise PromptLoadError(
+            f"{path.name} is missing in {path.parent}; this is not a complete prompt directory "
+            "(re-save or re-copy the prompt)"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PromptLoadError(
+            f"{path.name} in {path.parent} is not valid JSON ({exc}); restore it from a copy or "
+            "re-train the prompt"
+        ) from exc
+    if not isinstance(data, dict):
+        raise PromptLoadError(
+            f"{path.name} in {path.parent} must hold a JSON object, found {type(data).__name__}; "
+            "restore it from a copy or re-train the prompt"
+        )
+    return data
+
+
+def _parse_metadata(data: Mapping[str, Any], path: Path) -> PromptMetadata:
+    where = f"{path.name} in {path.parent}"
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise PromptLoadError(
+            f"{where} has format_version {version!r}; this promptatlas reads version "
+            f"{FORMAT_VERSION}. Use the promptatlas version that wrote it (see 'versions' in the "
+            "file) or re-train the prompt"
+        )
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise PromptLoadError(
+            f"{where} lacks the field(s) {missing}; the file is damaged or hand-edited. Restore it "
+            "from a copy or re-train the prompt"
+        )
+    known = {f.name for f in dataclasses.fields(PromptMetadata)}
+    # Unknown keys are dropped, so a newer writer adding a field does not break this reader.
+    meta = PromptMetadata(**{k: v for k, v in data.items() if k in known})
+    try:
+        meta.prompt_config  # noqa: B018 - validates the stored prompt configuration
+        meta.model_geometry  # noqa: B018
+    except (PromptConfigError, TypeError) as exc:
+        raise PromptLoadError(
+            f"{where} has an invalid prompt configuration or geometry ({exc}); restore it from a "
+            "copy or re-train the prompt"
+        ) from exc
+    return meta
+
+
+def read_metadata(directory: str | Path) -> PromptMetadata:
+    """The metadata of a prompt directory, without reading its tensors."""
+    path = Path(directory) / METADATA_FILE
+    return _parse_metadata(_read_json(path), path)
+
+
+def _describe_geometry(geometry: Mapping[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in geometry.items())
+
+
+def check_compatible(
+    meta: PromptMetadata, handle: ModelHandle, directory: Path, *, check_model: bool = True
+) -> None:
+    """Raise PromptLoadError unless a prompt with ``meta`` can run on ``handle`` (load_prompt)."""
+    if meta.model_geometry != handle.geometry:
+        raise PromptLoadError(
+            f"the prompt in {directory} was trained on {meta.model} "
+            f"({_describe_geometry(meta.geometry)}) and cannot run on {handle.name} "
+            f"({_describe_geometry(dataclasses.asdict(handle.geometry))}); train a new prompt "
+            f"for {handle.name} or use `promptatlas project` to map this one onto it"
+        )
+    if meta.model_fingerprint != handle.fingerprint:
+        message = (
+            f"the prompt in {directory} was trained on {meta.model} with weights fingerprint "
+            f"{meta.model_fingerprint}, but {handle.name} has fingerprint {handle.fingerprint}: "
+            "same shapes, different weights (another checkpoint, dtype or a fine-tuned copy)"
+        )
+        if check_model:
+            raise PromptLoadError(
+                message + "; pass check_model=False to load it anyway (results may differ)"
+            )
+        warnings.warn(message + "; loading anyway (check_model=False)", stacklevel=3)
+
+
+def load_prompt(
+    directory: str | Path, handle: ModelHandle | None = None, *, check_model: bool = True
+) -> StoredPrompt:
+    """Load a prompt directory. With ``handle`` the prompt must fit that model's geometry (always)
+    and weights fingerprint (unless ``check_model=False``), and is moved to its device."""
+    path = Path(directory).expanduser().absolute()
+    meta = read_metadata(path)
+    if handle is not None:
+        check_compatible(meta, handle, path, check_model=check_model)
+    config = meta.prompt_config
+    try:
+        prompt = SoftPrompt(config, meta.model_geometry)
+    except PromptConfigError as exc:
+        raise PromptLoadError(
+            f"{METADATA_FILE} in {path}: the prompt configuration does not fit the stored "
+            f"geometry ({exc}); the file is damaged, restore it or re-train the prompt"
+        ) from exc
+    tensors_path = path / TENSORS_FILE
+    if not tensors_path.is_file():
+        raise PromptLoadError(
+            f"{TENSORS_FILE} is missing in {path}; this is not a complete prompt directory "
+            "(re-save or re-copy the prompt)"
+        )
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(tensors_path))
+    except Exception as exc:  # SafetensorError, or OSError/ValueError from a damaged header
+        raise PromptLoadError(
+            f"{TENSORS_FILE} in {path} is corrupt or truncated ({exc}); re-train or re-copy it"
+        ) from exc
+    try:
+        prompt.load_state_tensors(tensors)
+    except PromptConfigError as exc:
+        raise PromptLoadError(
+            f"{TENSORS_FILE} in {path} does not match the prompt configuration in "
+            f"{METADATA_FILE} ({exc}); the files come from different prompts, re-copy the "
+            "directory as a whole or re-train"
+        ) from exc
+    if handle is not None:
+        prompt.to(handle.device)
+    return StoredPrompt(path=path, prompt=prompt, meta=meta)
+
+
+def list_prompts(root: str | Path) -> list[tuple[Path, PromptMetadata]]:
+    """Every prompt directory below ``root`` (inclusive), sorted by path.
+
+    Hidden directories (the bank's temporary save directories among them) are skipped;
+    directories whose metadata cannot be read are skipped with a warning."""
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        return []
+    found: list[tuple[Path, PromptMetadata]] = []
+    for meta_path in sorted(base.rglob(METADATA_FILE)):
+        directory = meta_path.parent
+        if any(part.startswith(".") for part in directory.relative_to(base).parts):
+            continue
+        if not (directory / TENSORS_FILE).is_file():
+            continue
+        try:
+            found.append((directory, read_metadata(directory)))
+        except PromptLoadError as exc:
+            warnings.warn(f"skipping {directory}: {exc}", stacklevel=2)
+    return found

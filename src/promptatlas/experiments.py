@@ -1,0 +1,284 @@
+"""Experiment files: a YAML study = tasks × languages × prompt methods × seeds on one model.
+
+Example (see ``configs/quickstart.yaml``)::
+
+    name: quickstart
+    model: gemma-3-270m
+    out: results/quickstart          # prompts go to <out>/bank/<task>-<lang>-<method>-s<seed>
+    tasks: [sa, nli, sts]
+    langs: [en, ko]
+    seeds: [42]
+    methods:                         # name → PromptConfig options
+      v1: {method: v1, length: 20}
+      v2: {method: v2, length: 20, kv: shared}
+    train: {steps: 30, batch_size: 8, lr: 0.03}   # TrainConfig options for every method
+    train_by_method: {v1: {lr: 0.3}}              # per-method overrides
+    eval: {batch_size: 16}
+    train_limit: null
+    test_limit: 100
+
+Each cell is recorded in the results database under a key; a rerun skips finished cells, so
+an interrupted study continues where it stopped. The results table (CSV + JSON) lists, per
+task/language and method, the untrained and trained test scores.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from promptatlas.bank import ResultsDB, read_metadata
+from promptatlas.evaluation.evaluate import EvalConfig
+from promptatlas.formatting import FormatConfig
+from promptatlas.models import DEFAULT_MODEL, load_model
+from promptatlas.prompts import PromptConfig
+from promptatlas.training import TrainConfig
+from promptatlas.workflows import RunConfig, dump_json, train_run
+
+__all__ = ["ExperimentConfig", "ExperimentError", "load_experiment", "run_experiment"]
+
+
+class ExperimentError(ValueError):
+    """An invalid experiment file."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    tasks: tuple[str, ...]
+    langs: tuple[str, ...]
+    methods: Mapping[str, PromptConfig]
+    model: str = DEFAULT_MODEL
+    out: str = "results"
+    seeds: tuple[int, ...] = (42,)
+    train: Mapping[str, Any] = field(default_factory=dict)
+    train_by_method: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    eval: Mapping[str, Any] = field(default_factory=dict)
+    format: Mapping[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    train_limit: int | None = None
+    dev_limit: int | None = 200
+    test_limit: int | None = None
+    device: str | None = None
+    skip: tuple[str, ...] = ()  # "task-lang" pairs to leave out
+
+    def __post_init__(self) -> None:
+        if not self.tasks or not self.langs or not self.methods:
+            raise ExperimentError("an experiment needs tasks, langs and methods")
+        unknown = set(self.train_by_method) - set(self.methods)
+        if unknown:
+            raise ExperimentError(f"train_by_method names unknown methods {sorted(unknown)}")
+        for cell in self.cells():  # validate every run config up front, before any training
+            self.run_config(*cell)
+
+    def cells(self) -> list[tuple[str, str, str, int]]:
+        return [
+            (task, lang, method, seed)
+            for task in self.tasks
+            for lang in self.langs
+            if f"{task}-{lang}" not in self.skip
+            for method in self.methods
+            for seed in self.seeds
+        ]
+
+    def run_config(self, task: str, lang: str, method: str, seed: int) -> RunConfig:
+        train = {**self.train, **self.train_by_method.get(method, {}), "seed": seed}
+        return RunConfig(
+            task=task,
+            lang=lang,
+            model=self.model,
+            prompt=self.methods[method],
+            train=TrainConfig(**train),
+            eval=EvalConfig(**self.eval),
+            format=FormatConfig(**self.format),
+            data_dir=self.data_dir,
+            train_limit=self.train_limit,
+            dev_limit=self.dev_limit,
+            test_limit=self.test_limit,
+            device=self.device,
+        )
+
+    def cell_key(self, task: str, lang: str, method: str, seed: int) -> str:
+        return f"{self.name}/{self.model}/{task}-{lang}/{method}/s{seed}"
+
+    def prompt_dir(self, task: str, lang: str, method: str, seed: int) -> Path:
+        return Path(self.out) / "bank" / f"{task}-{lang}-{method}-s{seed}"
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """Parse and validate an experiment YAML file; errors name the file and the problem."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ExperimentError(f"experiment file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ExperimentError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ExperimentError(f"{path} must be a YAML mapping")
+    known = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise ExperimentError(f"{path}: unknown key(s) {sorted(unknown)}; valid: {sorted(known)}")
+    try:
+        methods = {
+            str(name): PromptConfig.from_dict(opts or {})
+            for name, opts in (data.get("methods") or {}).items()
+        }
+        data = {
+            **data,
+            "name": str(data.get("name") or path.stem),
+            "tasks": tuple(data.get("tasks") or ()),
+            "langs": tuple(data.get("langs") or ()),
+            "seeds": tuple(data.get("seeds") or (42,)),
+            "skip": tuple(data.get("skip") or ()),
+            "methods": methods,
+        }
+        return ExperimentConfig(**data)
+    except (TypeError, ValueError) as exc:
+        raise ExperimentError(f"{path}: {exc}") from None
+
+
+def _table_rows(exp: ExperimentConfig) -> list[dict[str, Any]]:
+    rows = []
+    for task, lang, method, seed in exp.cells():
+        directory = exp.prompt_dir(task, lang, method, seed)
+        if not (directory / "prompt.json").exists():
+            continue
+        meta = read_metadata(directory)
+        test = meta.metrics.get("test", {})
+        base = meta.metrics.get("untrained_test", {})
+        rows.append(
+            {
+                "task": task,
+                "lang": lang,
+                "method": method,
+                "seed": seed,
+                "metric": _metric_name(test),
+                "untrained": base.get("score"),
+                "trained": test.get("score"),
+                "gain": (test.get("score") - base.get("score"))
+                if test.get("score") is not None and base.get("score") is not None
+                else None,
+                "accuracy": test.get("accuracy"),
+                "n_test": test.get("n"),
+                "params": meta.num_parameters,
+                "train_seconds": round(float(meta.extra.get("train_seconds", 0.0)), 1),
+                "prompt_dir": str(directory),
+            }
+        )
+    return rows
+
+
+def _metric_name(metrics: Mapping[str, Any]) -> str:
+    for name in ("binary_f1", "macro_f1", "f1", "coverage", "accuracy"):
+        if name in metrics and metrics.get("score") == metrics.get(name):
+            return name
+    return "score"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Plain-text results table (scores ×100)."""
+    cols = [
+        "task",
+        "lang",
+        "method",
+        "seed",
+        "metric",
+        "untrained",
+        "trained",
+        "gain",
+        "params",
+        "train_seconds",
+    ]
+
+    def cell(v: Any, c: str) -> str:
+        if isinstance(v, float) and c in ("untrained", "trained", "gain"):
+            return f"{100 * v:.1f}"
+        return "" if v is None else str(v)
+
+    table = [[c for c in cols]] + [[cell(r.get(c), c) for c in cols] for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_tables(exp: ExperimentConfig) -> tuple[Path, Path, str]:
+    rows = _table_rows(exp)
+    out = Path(exp.out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = out / "results.csv", out / "results.json"
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp = csv_path.with_name(csv_path.name + ".tmp")
+    tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    tmp.replace(csv_path)
+    dump_json(json_path, {"experiment": exp.name, "model": exp.model, "rows": rows})
+    return csv_path, json_path, format_table(rows)
+
+
+def run_experiment(
+    exp: ExperimentConfig,
+    *,
+    db: ResultsDB | None = None,
+    progress: bool = True,
+    log: Any = print,
+) -> list[dict[str, Any]]:
+    """Run every cell not finished yet, then write and return the results table."""
+    owns_db = db is None
+    db = db or ResultsDB()
+    started = time.perf_counter()
+    try:
+        todo = [
+            c
+            for c in exp.cells()
+            if not (db.has(exp.cell_key(*c)) and (exp.prompt_dir(*c) / "prompt.json").exists())
+        ]
+        done = len(exp.cells()) - len(todo)
+        log(f"[{exp.name}] {len(exp.cells())} runs on {exp.model}: {done} done, {len(todo)} to go")
+        handle = load_model(exp.model, device=exp.device) if todo else None
+        for n, cell in enumerate(todo, 1):
+            task, lang, method, seed = cell
+            cfg = exp.run_config(*cell)
+            log(f"[{exp.name}] ({n}/{len(todo)}) {task}-{lang} {method} seed {seed}")
+            result = train_run(cfg, exp.prompt_dir(*cell), handle=handle, db=db, progress=progress)
+            db.record(
+                kind="experiment-cell",
+                model=exp.model,
+                task=task,
+                lang=lang,
+                method=method,
+                split="test",
+                metrics=result.metrics["test"],
+                config=cfg.to_dict(),
+                prompt_dir=str(result.path),
+                seed=seed,
+                key=exp.cell_key(*cell),
+            )
+            base = result.untrained.score if result.untrained else float("nan")
+            log(
+                f"    untrained {100 * base:.1f} → trained {100 * result.trained.score:.1f} "
+                f"({result.steps} steps, {result.seconds:.0f}s)"
+            )
+        csv_path, json_path, table = write_tables(exp)
+        log(table)
+        log(
+            f"[{exp.name}] tables: {csv_path}, {json_path}; prompts: {Path(exp.out) / 'bank'}; "
+            f"{time.perf_counter() - started:.0f}s"
+        )
+        return _table_rows(exp)
+    finally:
+        if owns_db:
+            db.close()

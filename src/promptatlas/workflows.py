@@ -1,0 +1,271 @@
+"""End-to-end train and evaluate runs, shared by the CLI and experiment files.
+
+A *run* = model + task/language + prompt config + training config. ``train_run`` evaluates
+the untrained (initialised) prompt on test, trains it, evaluates it again, stores it in the
+prompt bank with its full config, versions and metrics, and records both evaluations in the
+results database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from promptatlas.bank import ResultsDB, StoredPrompt, load_prompt, save_prompt, update_metrics
+from promptatlas.evaluation.evaluate import EvalConfig, EvalResult, evaluate
+from promptatlas.formatting import FormatConfig, TaskFormatter
+from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
+from promptatlas.prompts import PromptConfig, PromptedLM, SoftPrompt
+from promptatlas.tasks import Example, get_task, load_split
+from promptatlas.training import TrainConfig, train_prompt
+
+__all__ = ["RunConfig", "RunResult", "evaluate_stored", "load_examples", "train_run"]
+
+
+def _sub(cls: Any, value: Any) -> Any:
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        if cls is PromptConfig:
+            return PromptConfig.from_dict(value)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(value) - known
+        if unknown:
+            raise ValueError(
+                f"unknown {cls.__name__} option(s) {sorted(unknown)}; valid: {sorted(known)}"
+            )
+        return cls(**value)
+    raise ValueError(f"expected a mapping for {cls.__name__}, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a training run (saved next to its outputs)."""
+
+    task: str
+    lang: str
+    model: str = DEFAULT_MODEL
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    format: FormatConfig = field(default_factory=FormatConfig)
+    data_dir: str | None = None  # None = the bundled sample
+    train_limit: int | None = None
+    dev_limit: int | None = 200
+    test_limit: int | None = None
+    baseline: bool = True  # also evaluate the untrained prompt on test
+    device: str | None = None
+    attn_implementation: str = "eager"
+
+    def __post_init__(self) -> None:
+        for name, cls in (
+            ("prompt", PromptConfig),
+            ("train", TrainConfig),
+            ("eval", EvalConfig),
+            ("format", FormatConfig),
+        ):
+            object.__setattr__(self, name, _sub(cls, getattr(self, name)))
+        get_task(self.task, self.lang)  # fails early, listing valid names
+        for name in ("train_limit", "dev_limit", "test_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be ≥ 1 or None, got {value}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["prompt"] = self.prompt.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown run option(s) {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(**dict(data))
+
+
+@dataclass
+class RunResult:
+    path: Path
+    metrics: dict[str, Any]
+    untrained: EvalResult | None
+    trained: EvalResult
+    steps: int
+    seconds: float
+
+
+def load_examples(cfg: RunConfig, split: str) -> list[Example]:
+    limit = {"train": cfg.train_limit, "dev": cfg.dev_limit, "test": cfg.test_limit}[split]
+    return load_split(cfg.task, cfg.lang, split, data_dir=cfg.data_dir, limit=limit)  # type: ignore[arg-type]
+
+
+def _label_ids(formatter: TaskFormatter) -> list[int] | None:
+    if formatter.task.spec.kind != "classification":
+        return None
+    return [i for ids in formatter.label_token_ids().values() for i in ids]
+
+
+def build_prompt(cfg: RunConfig, handle: ModelHandle, formatter: TaskFormatter) -> SoftPrompt:
+    """A freshly initialised prompt; deterministic in ``cfg.train.seed``."""
+    prompt = SoftPrompt(cfg.prompt, handle.geometry)
+    prompt.initialise(
+        handle,
+        generator=torch.Generator().manual_seed(cfg.train.seed),
+        label_token_ids=_label_ids(formatter),
+    )
+    return prompt.to(handle.device)
+
+
+def _summary(result: EvalResult) -> dict[str, Any]:
+    return {**result.metrics, "n": result.n, "mode": result.mode}
+
+
+def train_run(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    handle: ModelHandle | None = None,
+    db: ResultsDB | None = None,
+    prompt: SoftPrompt | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Train one prompt and store it at ``out`` (see module docstring).
+
+    ``prompt``: start from this prompt (e.g. a transferred initialisation) instead of a fresh
+    one. An interrupted run resumes from ``out/.checkpoint`` when called again.
+    """
+    out = Path(out)
+    handle = handle or load_model(
+        cfg.model, device=cfg.device, attn_implementation=cfg.attn_implementation
+    )
+    task = get_task(cfg.task, cfg.lang)
+    formatter = TaskFormatter(handle.tokenizer, task, cfg.format)
+    train = load_examples(cfg, "train")
+    dev = load_examples(cfg, "dev") if cfg.train.eval_every else None
+    test = load_examples(cfg, "test")
+    prompt = prompt or build_prompt(cfg, handle, formatter)
+    plm = PromptedLM(handle, prompt)
+    untrained = evaluate(plm, formatter, test, cfg.eval) if cfg.baseline else None
+    result = train_prompt(
+        plm,
+        formatter,
+        train,
+        cfg.train,
+        dev=dev,
+        eval_config=cfg.eval,
+        checkpoint_dir=out.parent / f".{out.name}.checkpoint",
+        progress=progress,
+    )
+    trained = evaluate(plm, formatter, test, cfg.eval)
+    metrics: dict[str, Any] = {"test": _summary(trained)}
+    if untrained is not None:
+        metrics["untrained_test"] = _summary(untrained)
+    if result.best_dev is not None:
+        metrics["dev_best"] = {"score": result.best_dev, "step": result.best_step}
+    config = cfg.to_dict()
+    save_prompt(
+        out,
+        prompt,
+        handle,
+        task=cfg.task,
+        lang=cfg.lang,
+        seed=cfg.train.seed,
+        metrics=metrics,
+        config=config,
+        extra={
+            "history": result.history,
+            "train_seconds": result.seconds,
+            "steps": result.steps,
+            "n_train": len(train),
+            "n_test": len(test),
+        },
+    )
+    if db is not None:
+        common: dict[str, Any] = {
+            "model": handle.name,
+            "task": cfg.task,
+            "lang": cfg.lang,
+            "method": cfg.prompt.method,
+            "config": config,
+            "seed": cfg.train.seed,
+        }
+        if untrained is not None:
+            db.record(
+                kind="eval-untrained",
+                split="test",
+                metrics=_summary(untrained),
+                prompt_dir=str(out),
+                **common,
+            )
+        db.record(
+            kind="train", split="test", metrics=_summary(trained), prompt_dir=str(out), **common
+        )
+    return RunResult(out, metrics, untrained, trained, result.steps, result.seconds)
+
+
+def evaluate_stored(
+    prompt_dir: str | Path,
+    *,
+    split: str = "test",
+    handle: ModelHandle | None = None,
+    task: str | None = None,
+    lang: str | None = None,
+    limit: int | None = None,
+    data_dir: str | None = None,
+    eval_config: EvalConfig | None = None,
+    db: ResultsDB | None = None,
+    check_model: bool = True,
+    save: bool = True,
+) -> EvalResult:
+    """Evaluate a stored prompt on a split of its task (or another ``task``/``lang``, which
+    is zero-shot transfer: label words of the *target* task's verbalizer)."""
+    from promptatlas.bank import read_metadata
+
+    meta = read_metadata(prompt_dir)
+    handle = handle or load_model(meta.model)
+    stored: StoredPrompt = load_prompt(prompt_dir, handle, check_model=check_model)
+    task_name = task or meta.task
+    lang_name = lang or meta.lang
+    if task_name is None or lang_name is None:
+        raise ValueError(f"{prompt_dir} records no task/language; pass task= and lang=")
+    cfg_format = meta.config.get("format") if isinstance(meta.config, dict) else None
+    fmt = FormatConfig(**cfg_format) if isinstance(cfg_format, dict) else FormatConfig()
+    variant = get_task(task_name, lang_name)
+    formatter = TaskFormatter(handle.tokenizer, variant, fmt)
+    examples = load_split(task_name, lang_name, split, data_dir=data_dir, limit=limit)  # type: ignore[arg-type]
+    plm = PromptedLM(handle, stored.prompt.to(handle.device))
+    result = evaluate(plm, formatter, examples, eval_config)
+    if save and task_name == meta.task and lang_name == meta.lang:
+        update_metrics(prompt_dir, {split: _summary(result)})
+    if db is not None:
+        db.record(
+            kind="eval",
+            model=handle.name,
+            task=task_name,
+            lang=lang_name,
+            method=stored.prompt.method,
+            split=split,
+            metrics=_summary(result),
+            config={
+                "prompt_dir": str(prompt_dir),
+                "limit": limit,
+                "eval": dataclasses.asdict(eval_config or EvalConfig()),
+            },
+            prompt_dir=str(prompt_dir),
+            seed=meta.seed,
+        )
+    return result
+
+
+def dump_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    tmp.replace(path)
