@@ -135,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("experiment", help="e.g. configs/quickstart.yaml")
     p.add_argument("--out", default=None, help="override the experiment's output folder")
+    p.add_argument("--data-dir", default=None, help="override the experiment's data folder")
     _add_common_model(p)
 
     sub.add_parser("models", help="list registered models", description="List registered models.")
@@ -266,6 +267,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         exp = dataclasses.replace(exp, out=args.out)
     if args.device:
         exp = dataclasses.replace(exp, device=args.device)
+    if args.data_dir:
+        exp = dataclasses.replace(exp, data_dir=args.data_dir)
     with ResultsDB(args.db) as db:
         run_experiment(exp, db=db, progress=not args.quiet)
     return 0

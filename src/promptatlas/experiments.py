@@ -13,6 +13,8 @@ Example (see ``configs/quickstart.yaml``)::
       v2: {method: v2, length: 20, kv: shared}
     train: {steps: 30, batch_size: 8, lr: 0.03}   # TrainConfig options for every method
     train_by_method: {v1: {lr: 0.3}}              # per-method overrides
+    train_by_task: {nli: {batch_size: 32}}        # per-task overrides (method wins)
+    format_by_task: {nli: {max_length: 150}}      # FormatConfig per task
     eval: {batch_size: 16}
     train_limit: null
     test_limit: 100
@@ -61,8 +63,10 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = (42,)
     train: Mapping[str, Any] = field(default_factory=dict)
     train_by_method: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    train_by_task: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     eval: Mapping[str, Any] = field(default_factory=dict)
     format: Mapping[str, Any] = field(default_factory=dict)
+    format_by_task: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     data_dir: str | None = None
     train_limit: int | None = None
     dev_limit: int | None = 200
@@ -90,7 +94,12 @@ class ExperimentConfig:
         ]
 
     def run_config(self, task: str, lang: str, method: str, seed: int) -> RunConfig:
-        train = {**self.train, **self.train_by_method.get(method, {}), "seed": seed}
+        train = {
+            **self.train,
+            **self.train_by_task.get(task, {}),
+            **self.train_by_method.get(method, {}),
+            "seed": seed,
+        }
         return RunConfig(
             task=task,
             lang=lang,
@@ -98,7 +107,7 @@ class ExperimentConfig:
             prompt=self.methods[method],
             train=TrainConfig(**train),
             eval=EvalConfig(**self.eval),
-            format=FormatConfig(**self.format),
+            format=FormatConfig(**{**self.format, **self.format_by_task.get(task, {})}),
             data_dir=self.data_dir,
             train_limit=self.train_limit,
             dev_limit=self.dev_limit,

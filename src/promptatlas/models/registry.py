@@ -184,6 +184,7 @@ def _gguf_entry(name: str, description: str, locate: Callable[[Path], Path]) -> 
 # -- tiny random models -----------------------------------------------------------------------
 
 _SPECIALS = ("<pad>", "<bos>", "<eos>", "<sep>")
+_TINY_REVISION = "r2"  # bump when the tiny configs change so caches are rebuilt
 
 
 def _byte_tokenizer() -> Any:
@@ -216,6 +217,8 @@ def _tiny_config(family: str, vocab: int) -> Any:
         "pad_token_id": 0,
         "bos_token_id": 1,
         "eos_token_id": 2,
+        # Larger than the 0.02 default so that a prompt visibly changes a random model's output.
+        "initializer_range": 0.2,
     }
     if family == "gpt2":
         return GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=512, **common)
@@ -252,7 +255,7 @@ def _tiny_entry(family: str) -> ModelEntry:
     name = f"tiny-{family}"
 
     def build(cache: Path) -> Path:
-        target = cache / "models" / name
+        target = cache / "models" / f"{name}-{_TINY_REVISION}"
         if (target / "config.json").exists():
             return target
         from transformers import AutoModelForCausalLM

@@ -1,0 +1,130 @@
+"""Training: the loss goes down, seeds reproduce bytes, resume equals an uninterrupted run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from promptatlas.formatting import TaskFormatter, collate
+from promptatlas.prompts import PromptConfig, PromptedLM, SegmentConfig, SoftPrompt
+from promptatlas.tasks import get_task, load_split
+from promptatlas.training import TrainConfig, TrainConfigError, train_prompt
+
+
+def _setup(handle: Any, method: str = "v1", **prompt_kw: Any) -> tuple[PromptedLM, TaskFormatter]:
+    prompt = SoftPrompt(PromptConfig(method=method, length=4, **prompt_kw), handle.geometry)  # type: ignore[arg-type]
+    prompt.initialise(handle, generator=torch.Generator().manual_seed(0))
+    return PromptedLM(handle, prompt), TaskFormatter(handle.tokenizer, get_task("sa", "en"))
+
+
+@pytest.fixture(scope="module")
+def train_set() -> list[Any]:
+    return load_split("sa", "en", "train", limit=24)
+
+
+@pytest.mark.parametrize("method", ["v1", "v2"])
+def test_loss_goes_down(tiny_handles: dict[str, Any], train_set: list[Any], method: str) -> None:
+    plm, fmt = _setup(tiny_handles["tiny-llama"], method)
+    batch = collate([fmt.encode(ex) for ex in train_set[:8]], fmt.tokenizer.pad_token_id)
+    from promptatlas.evaluation.predict import target_loss
+
+    with torch.no_grad():
+        before = float(target_loss(plm, batch))
+    cfg = TrainConfig(steps=25, batch_size=8, lr=0.3, warmup=0.0, checkpoint_every=0)
+    result = train_prompt(plm, fmt, train_set, cfg, progress=False)
+    with torch.no_grad():
+        after = float(target_loss(plm, batch))
+    assert after < before - 0.2, (before, after)
+    losses = [h["loss"] for h in result.history]
+    assert sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_same_seed_same_bytes(tiny_handles: dict[str, Any], train_set: list[Any]) -> None:
+    cfg = TrainConfig(steps=6, batch_size=4, lr=0.05, checkpoint_every=0, seed=7)
+    out = []
+    for _ in range(2):
+        plm, fmt = _setup(tiny_handles["tiny-gpt2"])
+        train_prompt(plm, fmt, train_set, cfg, progress=False)
+        assert plm.prompt is not None
+        out.append(plm.prompt.tensor().detach().numpy().tobytes())
+    assert out[0] == out[1]
+    plm, fmt = _setup(tiny_handles["tiny-gpt2"])
+    train_prompt(plm, fmt, train_set, TrainConfig(**{**cfg.to_dict(), "seed": 8}), progress=False)
+    assert plm.prompt is not None
+    assert plm.prompt.tensor().detach().numpy().tobytes() != out[0]
+
+
+@pytest.mark.parametrize("method", ["v1", "v2"])
+def test_resume_equals_uninterrupted(
+    tiny_handles: dict[str, Any], train_set: list[Any], tmp_path: Path, method: str
+) -> None:
+    cfg = TrainConfig(steps=10, batch_size=4, lr=0.05, checkpoint_every=3, warmup=0.2)
+    plm, fmt = _setup(tiny_handles["tiny-gemma3"], method)
+    full = train_prompt(plm, fmt, train_set, cfg, progress=False)
+    assert plm.prompt is not None
+    reference = plm.prompt.tensor().detach().clone()
+
+    plm2, fmt2 = _setup(tiny_handles["tiny-gemma3"], method)
+    part = train_prompt(
+        plm2, fmt2, train_set, cfg, checkpoint_dir=tmp_path, progress=False, stop_after=7
+    )
+    assert part.steps == 7 and (tmp_path / "checkpoint.pt").exists()
+    # a new process would start from a fresh prompt: the checkpoint restores everything
+    plm3, fmt3 = _setup(tiny_handles["tiny-gemma3"], method)
+    resumed = train_prompt(plm3, fmt3, train_set, cfg, checkpoint_dir=tmp_path, progress=False)
+    assert resumed.steps == 10
+    assert plm3.prompt is not None
+    assert torch.equal(plm3.prompt.tensor().detach(), reference)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    assert not (tmp_path / "checkpoint.pt").exists()  # cleaned up when finished
+
+
+def test_frozen_segment_bytes_unchanged(tiny_handles: dict[str, Any], train_set: list[Any]) -> None:
+    handle = tiny_handles["tiny-llama"]
+    cfg = PromptConfig(
+        method="v2", segments=(SegmentConfig("lang", 3, trainable=False), SegmentConfig("task", 3))
+    )
+    prompt = SoftPrompt(cfg, handle.geometry)
+    prompt.initialise(handle, generator=torch.Generator().manual_seed(0))
+    lang_before = prompt.segments["lang"].detach().clone()
+    task_before = prompt.segments["task"].detach().clone()
+    fmt = TaskFormatter(handle.tokenizer, get_task("sa", "en"))
+    train_prompt(
+        PromptedLM(handle, prompt), fmt, train_set, TrainConfig(steps=5, lr=0.1), progress=False
+    )
+    assert torch.equal(prompt.segments["lang"].detach(), lang_before)
+    assert not torch.equal(prompt.segments["task"].detach(), task_before)
+    # and the model itself never moves
+    assert all(not p.requires_grad for p in handle.model.parameters())
+
+
+def test_early_stopping_keeps_best(tiny_handles: dict[str, Any], train_set: list[Any]) -> None:
+    plm, fmt = _setup(tiny_handles["tiny-gpt2"])
+    dev = load_split("sa", "en", "dev", limit=16)
+    seen: list[tuple[int, float]] = []
+    cfg = TrainConfig(steps=40, batch_size=4, lr=0.5, eval_every=2, patience=2, checkpoint_every=0)
+    result = train_prompt(
+        plm, fmt, train_set, cfg, dev=dev, progress=False, on_eval=lambda s, v: seen.append((s, v))
+    )
+    assert result.best_dev == max(v for _, v in seen)
+    if result.stopped_early:
+        assert result.steps < 40
+        last_best = max(i for i, (_, v) in enumerate(seen) if v == result.best_dev)
+        assert len(seen) - 1 - last_best == 2  # stopped after `patience` evaluations w/o gain
+
+
+def test_config_errors_name_the_problem(tiny_handles: dict[str, Any]) -> None:
+    with pytest.raises(TrainConfigError, match="steps or epochs"):
+        TrainConfig(steps=None, epochs=None)
+    with pytest.raises(TrainConfigError, match="lr"):
+        TrainConfig(lr=-1)
+    plm, fmt = _setup(tiny_handles["tiny-gpt2"])
+    with pytest.raises(TrainConfigError, match="no training examples"):
+        train_prompt(plm, fmt, [], TrainConfig(steps=1), progress=False)
+    assert plm.prompt is not None
+    plm.prompt.set_trainable("task", False)
+    with pytest.raises(TrainConfigError, match="frozen"):
+        train_prompt(plm, fmt, load_split("sa", "en", "train", limit=2), TrainConfig(steps=1))
