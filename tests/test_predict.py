@@ -49,10 +49,11 @@ def test_target_loss_matches_full_logits(tiny_handles: dict[str, Any], method: s
 
 
 @pytest.mark.parametrize("method", [None, "v1", "v2"])
+@pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-llama", "tiny-gpt2"])
 def test_rank_classification_matches_manual_scores(
-    tiny_handles: dict[str, Any], method: str | None
+    tiny_handles: dict[str, Any], method: str | None, name: str
 ) -> None:
-    handle = tiny_handles["tiny-gemma3"]
+    handle = tiny_handles[name]
     plm = _plm(handle, method)
     task = get_task("nli", "en")  # byte tokenizer: multi-token label words
     fmt = TaskFormatter(handle.tokenizer, task)

@@ -61,9 +61,9 @@ def rank_classify(
     """Score every label's verbalizer after the context and pick the best (SPEC §2).
 
     Returns the predicted label keys and the (N, n_labels) scores (sum of log-probs, or their
-    mean with ``length_normalise``). When every verbalizer is one token and eos is not scored,
-    one forward pass per example suffices (the label distribution at the decoding token);
-    otherwise each example is expanded once per label.
+    mean with ``length_normalise``). The context is run once per example; the first label
+    token is read at the decoding token, and multi-token label words are continued from the
+    context's key/value cache (repeated once per label), so the context is never recomputed.
     """
     labels = list(formatter.task.labels)
     label_ids = formatter.label_token_ids()
@@ -74,30 +74,73 @@ def rank_classify(
     scores = torch.empty(len(examples), len(labels))
     order = sorted(range(len(examples)), key=lambda i: len(contexts[i]))  # less padding
     pad = formatter.tokenizer.pad_token_id
-    if all(len(s) == 1 for s in suffix):
-        first = torch.tensor([s[0] for s in suffix], device=plm.device)
-        for idx in _batches(order, batch_size):
-            batch = collate(
-                [EncodedExample(tuple(contexts[i]), len(contexts[i])) for i in idx], pad
-            )
-            batch = batch.to(plm.device)
-            out = plm.forward(batch.input_ids, batch.attention_mask)
-            last = out.hidden[torch.arange(len(idx)), batch.lengths - 1]
-            logp = torch.log_softmax(plm.logits(last).float(), dim=-1)[:, first]
-            scores[idx] = logp.cpu()
-    else:
-        per = max(1, batch_size // len(labels))
-        for idx in _batches(order, per):
-            items = [
-                EncodedExample(tuple(contexts[i] + s), len(contexts[i]))
-                for i in idx
-                for s in suffix
-            ]
-            lp = target_logprobs(plm, collate(items, pad)).cpu()
-            value = lp[:, 0] / lp[:, 1] if length_normalise else lp[:, 0]
-            scores[idx] = value.view(len(idx), len(labels))
+    window = getattr(plm.handle.model.config, "sliding_window", None)
+    for idx in _batches(order, batch_size):
+        items = [EncodedExample(tuple(contexts[i]), len(contexts[i])) for i in idx]
+        width = plm.n_prompt + max(len(it.ids) for it in items) + max(len(s) for s in suffix)
+        if window is not None and width > window:
+            # Sliding-window layers count cache slots, not positions: padding inside the
+            # cache would shift the window, so score whole sequences instead.
+            scores[idx] = _score_full(plm, items, suffix, pad, length_normalise)
+        else:
+            batch = collate(items, pad).to(plm.device)
+            scores[idx] = _score_suffixes(plm, batch, suffix, length_normalise).cpu()
     best = scores.argmax(dim=1).tolist()
     return [labels[i] for i in best], scores
+
+
+def _score_full(
+    plm: PromptedLM,
+    items: Sequence[EncodedExample],
+    suffixes: Sequence[Sequence[int]],
+    pad: int,
+    length_normalise: bool,
+) -> torch.Tensor:
+    """Reference path: one full sequence per (context, suffix)."""
+    seqs = [EncodedExample((*it.ids, *s), len(it.ids)) for it in items for s in suffixes]
+    lp = target_logprobs(plm, collate(seqs, pad)).cpu()
+    value = lp[:, 0] / lp[:, 1] if length_normalise else lp[:, 0]
+    return value.view(len(items), len(suffixes))
+
+
+def _score_suffixes(
+    plm: PromptedLM, batch: Batch, suffixes: Sequence[Sequence[int]], length_normalise: bool
+) -> torch.Tensor:
+    """(B, n_suffixes) summed log-probs of each suffix after each right-padded context."""
+    n_rows, n_suf = batch.input_ids.shape[0], len(suffixes)
+    longest = max(len(s) for s in suffixes)
+    out = plm.forward(batch.input_ids, batch.attention_mask, use_cache=longest > 1)
+    last = out.hidden[torch.arange(n_rows), batch.lengths - 1]
+    first = torch.tensor([s[0] for s in suffixes], device=plm.device)
+    scores = torch.log_softmax(plm.logits(last).float(), dim=-1)[:, first]  # (B, n_suf)
+    if longest > 1:
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(n_suf)
+        # Feed suffix tokens 0..n-2 to predict tokens 1..n-1, at the positions that follow each
+        # row's own context (its padding is masked), in every layer's cache.
+        width = longest - 1
+        feed = torch.zeros(n_rows * n_suf, width, dtype=torch.long, device=plm.device)
+        want = torch.zeros_like(feed)
+        real = torch.zeros_like(feed, dtype=torch.bool)
+        for j, s in enumerate(suffixes):
+            if len(s) > 1:
+                feed[j::n_suf, : len(s) - 1] = torch.tensor(s[:-1], device=plm.device)
+                want[j::n_suf, : len(s) - 1] = torch.tensor(s[1:], device=plm.device)
+                real[j::n_suf, : len(s) - 1] = True
+        prompt_mask = torch.ones(n_rows, plm.n_prompt, dtype=torch.long, device=plm.device)
+        context_mask = torch.cat([prompt_mask, batch.attention_mask], 1)
+        mask = torch.cat([context_mask.repeat_interleave(n_suf, 0), torch.ones_like(feed)], dim=1)
+        start = (batch.lengths + plm.n_prompt).repeat_interleave(n_suf)[:, None]
+        positions = start + torch.arange(width, device=plm.device)[None]
+        step = plm.forward(feed, mask, position_ids=positions, past_key_values=cache)
+        logp = torch.log_softmax(plm.logits(step.hidden[real]).float(), dim=-1)
+        token_lp = logp.gather(1, want[real][:, None])[:, 0]
+        rows = torch.nonzero(real, as_tuple=True)[0]
+        extra = torch.zeros(n_rows * n_suf, device=plm.device).index_add(0, rows, token_lp)
+        scores = scores + extra.view(n_rows, n_suf)
+    if length_normalise:
+        scores = scores / torch.tensor([len(s) for s in suffixes], device=plm.device)[None]
+    return scores
 
 
 @torch.no_grad()
