@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=0, help="dev evaluation every N steps")
     p.add_argument("--patience", type=int, default=None, help="early stopping patience (evals)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--separator",
+        default="sep_token",
+        help="text between inputs and before the answer; default: the tokenizer's "
+        "sep token, else its eos token (e.g. '\\n' for a newline)",
+    )
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--test-limit", type=int, default=None)
     p.add_argument(
@@ -163,8 +169,14 @@ def _prompt_config(args: argparse.Namespace) -> Any:
     )
 
 
+def _unescape(text: str) -> str:
+    """Let a shell user write a newline or tab separator as a backslash escape."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from promptatlas.bank import ResultsDB
+    from promptatlas.formatting import FormatConfig
     from promptatlas.training import TrainConfig
     from promptatlas.workflows import RunConfig, train_run
 
@@ -185,6 +197,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             patience=args.patience,
             seed=args.seed,
         ),
+        format=FormatConfig(separator=_unescape(args.separator)),
         data_dir=args.data_dir,
         train_limit=args.train_limit,
         test_limit=args.test_limit,
@@ -328,6 +341,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.environ.get("PROMPTATLAS_ONLINE") != "1":
+        # Offline by default: no library may reach a model hub behind our back.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
