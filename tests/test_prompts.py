@@ -185,3 +185,15 @@ def test_token_inits_use_model_states(tiny_handles: dict[str, Any], init: str) -
         assert rows == [70, 71, 70, 71]
     else:
         assert all(torch.allclose(v1.tensor()[i], emb[r]) for i, r in enumerate(rows))
+
+
+def test_bf16_autocast_stays_close_and_float32(tiny_handles: dict[str, Any]) -> None:
+    handle = tiny_handles["tiny-llama"]
+    prompt = _prompt(handle, method="v2", length=3)
+    ids, mask = _batch()
+    exact = PromptedLM(handle, prompt).full_logits(ids, mask)
+    fast = PromptedLM(handle, prompt, autocast_dtype=torch.bfloat16).full_logits(ids, mask)
+    assert fast.dtype == torch.float32
+    real = mask.bool()
+    diff = (fast[real] - exact[real]).abs().max()
+    assert 0 < diff < 0.05 * exact[real].abs().max()

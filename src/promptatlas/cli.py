@@ -198,6 +198,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             seed=args.seed,
         ),
         format=FormatConfig(separator=_unescape(args.separator)),
+        precision=args.precision,
         data_dir=args.data_dir,
         train_limit=args.train_limit,
         test_limit=args.test_limit,

@@ -73,6 +73,7 @@ class ExperimentConfig:
     test_limit: int | None = None
     device: str | None = None
     skip: tuple[str, ...] = ()  # "task-lang" pairs to leave out
+    precision: str = "fp32"  # "bf16": backbone under bf16 autocast (≈3× faster on bf16 CPUs)
 
     def __post_init__(self) -> None:
         if not self.tasks or not self.langs or not self.methods:
@@ -113,6 +114,7 @@ class ExperimentConfig:
             dev_limit=self.dev_limit,
             test_limit=self.test_limit,
             device=self.device,
+            precision=self.precision,
         )
 
     def cell_key(self, task: str, lang: str, method: str, seed: int) -> str:

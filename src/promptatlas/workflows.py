@@ -60,6 +60,7 @@ class RunConfig:
     dev_limit: int | None = 200
     test_limit: int | None = None
     baseline: bool = True  # also evaluate the untrained prompt on test
+    precision: str = "fp32"  # "fp32", or "bf16": the frozen backbone under bf16 autocast
     device: str | None = None
     attn_implementation: str = "eager"
 
@@ -72,6 +73,8 @@ class RunConfig:
         ):
             object.__setattr__(self, name, _sub(cls, getattr(self, name)))
         get_task(self.task, self.lang)  # fails early, listing valid names
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         for name in ("train_limit", "dev_limit", "test_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -123,6 +126,10 @@ def build_prompt(cfg: RunConfig, handle: ModelHandle, formatter: TaskFormatter) 
     return prompt.to(handle.device)
 
 
+def _autocast(precision: str) -> torch.dtype | None:
+    return torch.bfloat16 if precision == "bf16" else None
+
+
 def _summary(result: EvalResult) -> dict[str, Any]:
     return {**result.metrics, "n": result.n, "mode": result.mode}
 
@@ -151,7 +158,7 @@ def train_run(
     dev = load_examples(cfg, "dev") if cfg.train.eval_every else None
     test = load_examples(cfg, "test")
     prompt = prompt or build_prompt(cfg, handle, formatter)
-    plm = PromptedLM(handle, prompt)
+    plm = PromptedLM(handle, prompt, autocast_dtype=_autocast(cfg.precision))
     untrained = evaluate(plm, formatter, test, cfg.eval) if cfg.baseline else None
     result = train_prompt(
         plm,
@@ -240,7 +247,8 @@ def evaluate_stored(
     variant = get_task(task_name, lang_name)
     formatter = TaskFormatter(handle.tokenizer, variant, fmt)
     examples = load_split(task_name, lang_name, split, data_dir=data_dir, limit=limit)  # type: ignore[arg-type]
-    plm = PromptedLM(handle, stored.prompt.to(handle.device))
+    precision = meta.config.get("precision", "fp32") if isinstance(meta.config, dict) else "fp32"
+    plm = PromptedLM(handle, stored.prompt.to(handle.device), autocast_dtype=_autocast(precision))
     result = evaluate(plm, formatter, examples, eval_config)
     if save and task_name == meta.task and lang_name == meta.lang:
         update_metrics(prompt_dir, {split: _summary(result)})
