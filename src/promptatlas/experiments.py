@@ -165,6 +165,7 @@ def _table_rows(exp: ExperimentConfig) -> list[dict[str, Any]]:
         if not (directory / "prompt.json").exists():
             continue
         meta = read_metadata(directory)
+        history = meta.extra.get("history") or [{}]
         test = meta.metrics.get("test", {})
         base = meta.metrics.get("untrained_test", {})
         rows.append(
@@ -181,12 +182,23 @@ def _table_rows(exp: ExperimentConfig) -> list[dict[str, Any]]:
                 else None,
                 "accuracy": test.get("accuracy"),
                 "n_test": test.get("n"),
+                "loss_first": _round(history[0].get("loss")),
+                "loss_last": _round(_mean([h.get("loss") for h in history[-10:]])),
                 "params": meta.num_parameters,
                 "train_seconds": round(float(meta.extra.get("train_seconds", 0.0)), 1),
                 "prompt_dir": str(directory),
             }
         )
     return rows
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 3)
+
+
+def _mean(values: list[Any]) -> float | None:
+    numbers = [float(v) for v in values if v is not None]
+    return sum(numbers) / len(numbers) if numbers else None
 
 
 def _metric_name(metrics: Mapping[str, Any]) -> str:
@@ -207,6 +219,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         "untrained",
         "trained",
         "gain",
+        "loss_first",
+        "loss_last",
         "params",
         "train_seconds",
     ]
