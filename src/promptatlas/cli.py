@@ -72,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=None, help="early stopping patience (evals)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: run the frozen model under bf16 autocast (≈3× faster on CPUs with bf16 "
+        "instructions and on GPUs); the prompt stays float32",
+    )
+    p.add_argument(
         "--separator",
         default="sep_token",
         help="text between inputs and before the answer; default: the tokenizer's "
