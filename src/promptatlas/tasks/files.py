@@ -217,18 +217,10 @@ def _json_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with open(path, encoding="utf-8-sig", newline="\n") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            loc = where(path, n)
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{loc}: invalid JSON ({e.msg}); fix this line") from e
-            if not isinstance(obj, dict):
-                raise DataError(f"{loc}: expected a JSON object on each line")
-            yield loc, obj
+    from promptatlas.tasks.sources import read_jsonl
+
+    for line, obj in read_jsonl(path):
+        yield where(path, line), obj
 
 
 def _resolve_task(task: str | TaskVariant, lang: str | None) -> TaskVariant:

@@ -431,7 +431,7 @@ def _cg(concepts: tuple[str, ...], target: str, refs: tuple[str, ...], uid: str)
     )
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     for line, text in enumerate(_read_lines(path), 1):
         if not text.strip():
             continue  # blank lines are not rows
@@ -482,7 +482,7 @@ def _cg_en(d: Path, task: TaskVariant) -> Splits:
     for split in ("dev", "test"):
         path = _require(d, f"en/commongen/commongen.{split}.jsonl")
         exs = []
-        for n, (line, obj) in enumerate(_read_jsonl(path)):
+        for n, (line, obj) in enumerate(read_jsonl(path)):
             cset, scenes = obj.get("concept_set"), obj.get("scene")
             if not isinstance(cset, str) or not isinstance(scenes, list) or not scenes:
                 raise DataError(
@@ -499,7 +499,7 @@ def _cg_en(d: Path, task: TaskVariant) -> Splits:
 def _kommongen_sets(path: Path) -> list[tuple[int, tuple[str, ...], list[str]]]:
     """(first line, concepts, scenes) per distinct concept set, in order of first appearance."""
     sets: dict[str, tuple[int, tuple[str, ...], list[str]]] = {}
-    for line, obj in _read_jsonl(path):
+    for line, obj in read_jsonl(path):
         cset, scene = obj.get("concept-set"), obj.get("scene")
         if not isinstance(cset, str) or not cset.strip():
             raise DataError(f"{where(path, line)}: missing 'concept-set' (space-separated words)")
