@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from promptatlas.bank import ResultsDB, read_metadata
+from promptatlas.bank import ResultsDB, read_metadata, write_text_atomic
 from promptatlas.evaluation.evaluate import EvalConfig
 from promptatlas.formatting import FormatConfig
 from promptatlas.models import DEFAULT_MODEL, load_model
@@ -247,9 +247,7 @@ def write_tables(exp: ExperimentConfig) -> tuple[Path, Path, str]:
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    tmp.replace(csv_path)
+    write_text_atomic(csv_path, buffer.getvalue())
     dump_json(json_path, {"experiment": exp.name, "model": exp.model, "rows": rows})
     return csv_path, json_path, format_table(rows)
 

@@ -17,7 +17,14 @@ from typing import Any
 
 import torch
 
-from promptatlas.bank import ResultsDB, StoredPrompt, load_prompt, save_prompt, update_metrics
+from promptatlas.bank import (
+    ResultsDB,
+    StoredPrompt,
+    load_prompt,
+    save_prompt,
+    update_metrics,
+    write_text_atomic,
+)
 from promptatlas.evaluation.evaluate import EvalConfig, EvalResult, evaluate
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
@@ -274,6 +281,4 @@ def evaluate_stored(
 
 def dump_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))

@@ -29,6 +29,7 @@ from promptatlas.bank.store import (
     save_prompt,
     update_metrics,
     versions,
+    write_text_atomic,
 )
 
 __all__ = [
@@ -56,4 +57,5 @@ __all__ = [
     "save_prompt",
     "update_metrics",
     "versions",
+    "write_text_atomic",
 ]

@@ -138,7 +138,7 @@ def _dumps(data: Mapping[str, Any]) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False, default=_json_default) + "\n"
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     """Write via a temporary file in the same directory and os.replace (atomic on POSIX)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -235,7 +235,7 @@ def update_metrics(directory: str | Path, metrics: Mapping[str, Any]) -> None:
     raw = _read_json(path)
     _parse_metadata(raw, path)  # refuse to rewrite a file we could not load afterwards
     raw["metrics"] = _deep_merge(dict(raw.get("metrics") or {}), metrics)
-    _write_text_atomic(path, _dumps(raw))
+    write_text_atomic(path, _dumps(raw))
 
 
 # -- loading --------------------------------------------------------------------------------
