@@ -157,6 +157,16 @@ def _header(path: Path, row: list[str], line: int, required: Sequence[str]) -> d
     return {c: names.index(c) for c in required}
 
 
+def _take_header(
+    path: Path, rows: Iterator[tuple[int, list[str]]], required: Sequence[str], expected: str
+) -> dict[str, int]:
+    """Consume the header row of ``rows``; ``expected`` says what the file should look like."""
+    first = next(rows, None)
+    if first is None:
+        raise DataError(f"{path}: empty file; expected {expected}")
+    return _header(path, first[1], first[0], required)
+
+
 # ---------------------------------------------------------------------------------------------
 # per-pair loaders
 
@@ -181,10 +191,9 @@ def _sts_ko(d: Path, task: TaskVariant) -> Splits:
     for split in ("train", "dev", "test"):
         path = _require(d, f"ko/korsts/sts-{split}.tsv")
         rows = _read_rows(path, delimiter="\t", quoted=False, n_fields=7)
-        first = next(rows, None)
-        if first is None:
-            raise DataError(f"{path}: empty file; expected a KorSTS TSV with a header")
-        col = _header(path, first[1], first[0], ("score", "sentence1", "sentence2"))
+        col = _take_header(
+            path, rows, ("score", "sentence1", "sentence2"), "a KorSTS TSV with a header"
+        )
         exs = []
         for i, (line, row) in enumerate(rows):
             label = _sts_label(row[col["score"]], path, line)
@@ -235,10 +244,9 @@ def _nli_ko(d: Path, task: TaskVariant) -> Splits:
     for split in ("dev", "test"):
         path = _require(d, f"ko/kornli/xnli.{split}.ko.tsv")
         rows = _read_rows(path, delimiter="\t", quoted=False, n_fields=3)
-        first = next(rows, None)
-        if first is None:
-            raise DataError(f"{path}: empty file; expected a KorNLI TSV with a header")
-        col = _header(path, first[1], first[0], ("sentence1", "sentence2", "gold_label"))
+        col = _take_header(
+            path, rows, ("sentence1", "sentence2", "gold_label"), "a KorNLI TSV with a header"
+        )
         exs = []
         for i, (line, row) in enumerate(rows):
             label = _label(row[col["gold_label"]], labels, path, line)
@@ -274,10 +282,9 @@ def _sa_en(d: Path, task: TaskVariant) -> Splits:
 
 def _read_nsmc(path: Path, task: TaskVariant) -> list[Example]:
     rows = _read_rows(path, delimiter="\t", quoted=False, n_fields=3)
-    first = next(rows, None)
-    if first is None:
-        raise DataError(f"{path}: empty file; expected an NSMC file with header id/document/label")
-    col = _header(path, first[1], first[0], ("id", "document", "label"))
+    col = _take_header(
+        path, rows, ("id", "document", "label"), "an NSMC file with header id/document/label"
+    )
     exs, empty = [], []
     for line, row in rows:
         label = _label(row[col["label"]], _BINARY, path, line)
@@ -307,10 +314,9 @@ def _sa_ko(d: Path, task: TaskVariant) -> Splits:
 def _tc_en(d: Path, task: TaskVariant) -> Splits:
     test_path = _require(d, "en/agnews/test.csv")
     rows = _read_rows(test_path, delimiter=",", quoted=True, n_fields=3)
-    first = next(rows, None)
-    if first is None:
-        raise DataError(f"{test_path}: empty file; expected header Class Index,Title,Description")
-    col = _header(test_path, first[1], first[0], ("Class Index", "Description"))
+    col = _take_header(
+        test_path, rows, ("Class Index", "Description"), "header Class Index,Title,Description"
+    )
     by_index = {"1": "world", "2": "sports", "3": "business", "4": "scitech"}
     test = []
     for i, (line, row) in enumerate(rows):
