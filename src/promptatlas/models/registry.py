@@ -108,11 +108,32 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _convert_gguf(gguf_path: Path, target: Path) -> None:
-    """Dequantise a GGUF file once and save it as safetensors, atomically."""
+def _build_once(target: Path, write: Callable[[Path], None]) -> Path:
+    """Create a model directory once: ``write`` fills a temporary directory beside ``target``
+    which is then renamed into place, under a lock shared by concurrent processes."""
+    done = target / "config.json"
+    if done.exists():
+        return target
+    with _file_lock(target.with_name(f".{target.name}.lock")):
+        if done.exists():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+        try:
+            write(tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> None:
+    """Dequantise a GGUF file and save it as safetensors into ``out``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"promptatlas: converting {gguf_path.name} to safetensors in {target} (one time)...")
+    print(f"promptatlas: converting {gguf_path.name} to safetensors (one time)...")
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     model: Any = AutoModelForCausalLM.from_pretrained(
         gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
@@ -122,31 +143,17 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
         del model.config.quantization_config
     model.hf_quantizer = None
     model.is_quantized = False
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "promptatlas-source.json").write_text(
-            json.dumps({"gguf": gguf_path.name, "size": gguf_path.stat().st_size})
-        )
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "promptatlas-source.json").write_text(
+        json.dumps({"gguf": gguf_path.name, "size": gguf_path.stat().st_size})
+    )
 
 
 def _cached_conversion(cache: Path, name: str, locate: Callable[[Path], Path]) -> Path:
     target = cache / "models" / name
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
-    with _file_lock(cache / "models" / f".{name}.lock"):
-        if (target / "config.json").exists():
-            return target
-        gguf = locate(cache)
-        _convert_gguf(gguf, target)
-    return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return _build_once(target, lambda out: _convert_gguf(locate(cache), out))
 
 
 def _gemma_gguf(cache: Path) -> Path:
@@ -254,26 +261,20 @@ def _tiny_config(family: str, vocab: int) -> Any:
 def _tiny_entry(family: str) -> ModelEntry:
     name = f"tiny-{family}"
 
-    def build(cache: Path) -> Path:
-        target = cache / "models" / f"{name}-{_TINY_REVISION}"
-        if (target / "config.json").exists():
-            return target
+    def write(out: Path) -> None:
         from transformers import AutoModelForCausalLM
 
-        with _file_lock(cache / "models" / f".{name}.lock"):
-            if (target / "config.json").exists():
-                return target
-            tokenizer = _byte_tokenizer()
-            with torch.random.fork_rng():  # leave the caller's RNG untouched
-                torch.manual_seed(0)
-                model = AutoModelForCausalLM.from_config(_tiny_config(family, len(tokenizer)))
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            if target.exists():
-                shutil.rmtree(target)
-            tmp.rename(target)
-        return target
+        tokenizer = _byte_tokenizer()
+        with torch.random.fork_rng():  # leave the caller's RNG untouched
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(_tiny_config(family, len(tokenizer)))
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    def build(cache: Path) -> Path:
+        target = cache / "models" / f"{name}-{_TINY_REVISION}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return _build_once(target, write)
 
     return ModelEntry(name, f"RANDOM tiny {family} model for tests", build, is_random=True)
 
