@@ -127,8 +127,7 @@ def _score_suffixes(
                 feed[j::n_suf, : len(s) - 1] = torch.tensor(s[:-1], device=plm.device)
                 want[j::n_suf, : len(s) - 1] = torch.tensor(s[1:], device=plm.device)
                 real[j::n_suf, : len(s) - 1] = True
-        prompt_mask = torch.ones(n_rows, plm.n_prompt, dtype=torch.long, device=plm.device)
-        context_mask = torch.cat([prompt_mask, batch.attention_mask], 1)
+        context_mask = plm.mask_with_prompt(batch.attention_mask)
         mask = torch.cat([context_mask.repeat_interleave(n_suf, 0), torch.ones_like(feed)], dim=1)
         start = (batch.lengths + plm.n_prompt).repeat_interleave(n_suf)[:, None]
         positions = start + torch.arange(width, device=plm.device)[None]
@@ -173,9 +172,7 @@ def generate(
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         out = plm.forward(ids, mask, position_ids=positions, use_cache=True)
         cache = out.past_key_values
-        full_mask = torch.cat(
-            [torch.ones(len(idx), plm.n_prompt, dtype=mask.dtype, device=mask.device), mask], 1
-        )
+        full_mask = plm.mask_with_prompt(mask)
         next_pos = positions[:, -1:] + 1 + plm.n_prompt
         last = out.hidden[:, -1]
         done = torch.zeros(len(idx), dtype=torch.bool, device=plm.device)

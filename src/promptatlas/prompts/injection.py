@@ -91,6 +91,11 @@ class PromptedLM:
         return self.handle.device
 
     # -- building blocks -------------------------------------------------------------------
+    def mask_with_prompt(self, mask: torch.Tensor) -> torch.Tensor:
+        """An input attention mask (B, T) extended by the k always-visible prompt positions."""
+        ones = torch.ones(mask.shape[0], self.n_prompt, dtype=mask.dtype, device=mask.device)
+        return torch.cat([ones, mask], dim=1)
+
     def prefix_cache(self, batch: int) -> Any:
         """v2: a cache pre-filled with the prompt's keys/values in every layer."""
         assert self.prompt is not None and self.prompt.method == "v2"
@@ -175,13 +180,11 @@ class PromptedLM:
             "output_hidden_states": output_hidden_states,
         }
         prompt = self.prompt if past_key_values is None else None
-        mask = attention_mask
+        mask = attention_mask if prompt is None else self.mask_with_prompt(attention_mask)
         n_drop = 0
         if prompt is not None and prompt.method == "v1":
             p = prompt.tensor().to(self.device, handle.dtype)
             embeds = torch.cat([p.unsqueeze(0).expand(batch, -1, -1), embed(input_ids)], dim=1)
-            ones = torch.ones(batch, prompt.length, dtype=mask.dtype, device=mask.device)
-            mask = torch.cat([ones, mask], dim=1)
             kwargs["inputs_embeds"] = embeds
             n_drop = prompt.length
             if position_ids is not None:
@@ -191,8 +194,6 @@ class PromptedLM:
             kwargs["input_ids"] = input_ids
             if prompt is not None:  # v2
                 past_key_values = self.prefix_cache(batch)
-                ones = torch.ones(batch, prompt.length, dtype=mask.dtype, device=mask.device)
-                mask = torch.cat([ones, mask], dim=1)
                 if position_ids is not None:
                     position_ids = position_ids + prompt.length
                 kwargs["use_cache"] = True
