@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 
+from promptatlas.evaluation import evaluate
 from promptatlas.formatting import TaskFormatter, collate
 from promptatlas.prompts import PromptConfig, PromptedLM, SegmentConfig, SoftPrompt
 from promptatlas.tasks import get_task, load_split
@@ -110,6 +111,8 @@ def test_early_stopping_keeps_best(tiny_handles: dict[str, Any], train_set: list
         plm, fmt, train_set, cfg, dev=dev, progress=False, on_eval=lambda s, v: seen.append((s, v))
     )
     assert result.best_dev == max(v for _, v in seen)
+    # The prompt handed back is the best one, not the last: it scores best_dev again.
+    assert evaluate(plm, fmt, list(dev)[: cfg.dev_limit]).score == result.best_dev
     if result.stopped_early:
         assert result.steps < 40
         last_best = max(i for i, (_, v) in enumerate(seen) if v == result.best_dev)

@@ -45,7 +45,14 @@ from promptatlas.prompts import PromptConfig
 from promptatlas.training import TrainConfig
 from promptatlas.workflows import RunConfig, dump_json, train_run
 
-__all__ = ["ExperimentConfig", "ExperimentError", "load_experiment", "run_experiment"]
+__all__ = [
+    "ExperimentConfig",
+    "ExperimentError",
+    "experiment_from_mapping",
+    "load_experiment",
+    "read_yaml",
+    "run_experiment",
+]
 
 
 class ExperimentError(ValueError):
@@ -127,6 +134,11 @@ class ExperimentConfig:
 def load_experiment(path: str | Path) -> ExperimentConfig:
     """Parse and validate an experiment YAML file; errors name the file and the problem."""
     path = Path(path)
+    return experiment_from_mapping(read_yaml(path), path)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``; errors name the file."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -135,6 +147,11 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         raise ExperimentError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ExperimentError(f"{path} must be a YAML mapping")
+    return data
+
+
+def experiment_from_mapping(data: Mapping[str, Any], path: Path) -> ExperimentConfig:
+    """An :class:`ExperimentConfig` from parsed YAML (``path`` names the file in errors)."""
     known = {f.name for f in dataclasses.fields(ExperimentConfig)}
     unknown = set(data) - known
     if unknown:
@@ -261,7 +278,7 @@ def run_experiment(
 ) -> list[dict[str, Any]]:
     """Run every cell not finished yet, then write and return the results table."""
     owns_db = db is None
-    db = db or ResultsDB()
+    db = ResultsDB() if db is None else db
     started = time.perf_counter()
     try:
         todo = [

@@ -19,7 +19,7 @@ import torch
 
 from promptatlas.tasks import Example, TaskVariant
 
-__all__ = ["Batch", "EncodedExample", "FormatConfig", "TaskFormatter", "collate"]
+__all__ = ["Batch", "EncodedExample", "FormatConfig", "TaskFormatter", "TextLMFormatter", "collate"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,10 @@ class TaskFormatter:
             self.sep = self._tok(self.fmt.separator)
         self._label_ids: dict[str, list[int]] | None = None
 
+    @property
+    def name(self) -> str:
+        return self.task.name
+
     def _tok(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -121,6 +125,29 @@ class TaskFormatter:
             if empty:
                 raise ValueError(f"label words of {empty} tokenize to nothing")
         return self._label_ids
+
+
+class TextLMFormatter:
+    """Plain next-token language modelling on raw text (language sub-prompts, thesis Eq. 8):
+    ``[P] <bos> text`` with the loss on every text token; ``example.inputs[0]`` is the text."""
+
+    def __init__(self, tokenizer: Any, max_length: int, name: str = "lm") -> None:
+        if max_length < 2:
+            raise ValueError(f"max_length must be ≥ 2 tokens, got {max_length}")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self._name = name
+        self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def encode(self, example: Example) -> EncodedExample:
+        text = list(self.tokenizer(example.inputs[0], add_special_tokens=False)["input_ids"])
+        ids = (self.bos + text)[: self.max_length]
+        # Without a bos the first token has nothing before it but the prompt: it is context.
+        return EncodedExample(tuple(ids), 1)
 
 
 def collate(items: Sequence[EncodedExample], pad_id: int) -> Batch:

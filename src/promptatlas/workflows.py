@@ -63,6 +63,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     format: FormatConfig = field(default_factory=FormatConfig)
     data_dir: str | None = None  # None = the bundled sample
+    # A language prompt directory: train a factorised prompt, its language segment frozen
+    # (thesis Eq. 9). Method, kv and layers then come from the language prompt.
+    lang_prompt: str | None = None
     train_limit: int | None = None
     dev_limit: int | None = 200
     test_limit: int | None = None
@@ -123,7 +126,26 @@ def _label_ids(formatter: TaskFormatter) -> list[int] | None:
 
 
 def build_prompt(cfg: RunConfig, handle: ModelHandle, formatter: TaskFormatter) -> SoftPrompt:
-    """A freshly initialised prompt; deterministic in ``cfg.train.seed``."""
+    """A freshly initialised prompt; deterministic in ``cfg.train.seed``. With
+    ``cfg.lang_prompt``: the frozen language segment + a fresh task segment."""
+    if cfg.lang_prompt is not None:
+        from promptatlas.prompts.config import PromptConfigError
+        from promptatlas.transfer.subprompts import task_prompt_from_language
+
+        factorised = task_prompt_from_language(
+            cfg.lang_prompt,
+            handle,
+            seed=cfg.train.seed,
+            init=cfg.prompt.init,
+            label_token_ids=_label_ids(formatter),
+        )
+        if factorised.method != cfg.prompt.method:
+            raise PromptConfigError(
+                f"the language prompt {cfg.lang_prompt} is a {factorised.method} prompt but the "
+                f"run asks for {cfg.prompt.method}; use --method {factorised.method} or another "
+                "language prompt"
+            )
+        return factorised
     prompt = SoftPrompt(cfg.prompt, handle.geometry)
     prompt.initialise(
         handle,
@@ -164,7 +186,7 @@ def train_run(
     train = load_examples(cfg, "train")
     dev = load_examples(cfg, "dev") if cfg.train.eval_every else None
     test = load_examples(cfg, "test")
-    prompt = prompt or build_prompt(cfg, handle, formatter)
+    prompt = build_prompt(cfg, handle, formatter) if prompt is None else prompt
     plm = PromptedLM(handle, prompt, autocast_dtype=_autocast(cfg.precision))
     untrained = evaluate(plm, formatter, test, cfg.eval) if cfg.baseline else None
     result = train_prompt(
@@ -206,7 +228,7 @@ def train_run(
             "model": handle.name,
             "task": cfg.task,
             "lang": cfg.lang,
-            "method": cfg.prompt.method,
+            "method": prompt.method,
             "config": config,
             "seed": cfg.train.seed,
         }

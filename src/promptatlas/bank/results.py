@@ -261,6 +261,38 @@ class ResultsDB:
         ).fetchone()
         return row is not None
 
+    def merge(self, other: str | Path) -> int:
+        """Copy into this database the runs of database file ``other`` that it does not hold
+        yet (same creation time, kind, key and prompt directory); returns how many were added.
+        This is how grid shards run on different machines are combined."""
+        path = Path(other).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"results database {path} does not exist")
+        if path.resolve() == self.path.resolve():
+            raise ValueError(f"cannot merge {path} into itself")
+        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = source.execute(
+                "SELECT created, kind, model, task, lang, method, split, score, metrics, "
+                "config, prompt_dir, seed, versions, status, key FROM runs ORDER BY id"
+            ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{path} is not a promptatlas results database ({exc})") from None
+        finally:
+            source.close()
+        seen = {
+            tuple(r) for r in self._conn.execute("SELECT created, kind, key, prompt_dir FROM runs")
+        }
+        new = [r for r in rows if (r[0], r[1], r[14], r[10]) not in seen]
+        with self._conn:
+            self._conn.executemany(
+                "INSERT INTO runs (created, kind, model, task, lang, method, split, score, "
+                "metrics, config, prompt_dir, seed, versions, status, key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                new,
+            )
+        return len(new)
+
     def __len__(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 

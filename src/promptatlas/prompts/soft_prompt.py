@@ -111,7 +111,9 @@ class SoftPrompt(nn.Module):
             param.copy_(value.to(param.dtype))
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach().contiguous().cpu() for name, p in self.segments.items()}
+        """A snapshot: copies, never views of the live parameters (which training changes in
+        place), so a kept best prompt or a checkpoint does not move on with later steps."""
+        return {name: p.detach().cpu().clone().contiguous() for name, p in self.segments.items()}
 
     def load_state_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
         missing = set(self.segments) - set(tensors)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from promptatlas.evaluation.evaluate import EvalConfig, evaluate
 from promptatlas.evaluation.predict import target_loss
-from promptatlas.formatting import TaskFormatter, collate
+from promptatlas.formatting import TaskFormatter, TextLMFormatter, collate
 from promptatlas.prompts.injection import PromptedLM
 from promptatlas.prompts.soft_prompt import SoftPrompt
 from promptatlas.tasks import Example
@@ -133,7 +133,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 def train_prompt(
     plm: PromptedLM,
-    formatter: TaskFormatter,
+    formatter: TaskFormatter | TextLMFormatter,
     train: Sequence[Example],
     config: TrainConfig,
     *,
@@ -157,7 +157,7 @@ def train_prompt(
     if not params:
         raise TrainConfigError("every prompt segment is frozen; nothing to train")
     if not train:
-        raise TrainConfigError(f"no training examples for {formatter.task.name}")
+        raise TrainConfigError(f"no training examples for {formatter.name}")
     encoded = [formatter.encode(ex) for ex in train]
     pad = formatter.tokenizer.pad_token_id
     total = config.total_steps(len(encoded))
@@ -205,7 +205,7 @@ def train_prompt(
         )
 
     def dev_score() -> float:
-        assert dev is not None
+        assert dev is not None and isinstance(formatter, TaskFormatter)
         subset = list(dev)[: config.dev_limit] if config.dev_limit else list(dev)
         return evaluate(plm, formatter, subset, eval_config).score
 
@@ -213,7 +213,7 @@ def train_prompt(
     bar = tqdm(
         total=total,
         initial=state["step"],
-        desc=f"train {formatter.task.name} {prompt.method}",
+        desc=f"train {formatter.name} {prompt.method}",
         disable=not progress,
         unit="step",
         dynamic_ncols=True,
