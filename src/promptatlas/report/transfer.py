@@ -1,0 +1,233 @@
+"""Tables and heatmaps of a transfer grid, built from the results database (so the cells of
+several shards or machines, merged into one database, give one report).
+
+Files written to ``<grid out>/report/``:
+
+* ``cross_task_<lang>_<method>.csv`` — thesis Tables 7–10 layout: rows = target task,
+  columns = source task, diagonal = the baseline (target trained from scratch), scores ×100;
+* ``cross_lang_<method>.csv`` — Tables 11–12: rows ``en_to_ko`` / ``ko_to_en``, columns = task
+  (transferred score), plus the baselines of the target language for reference;
+* ``zero_shot_<method>.csv`` — Tables 13–14: rows ``en_to_ko`` (source language segment) and
+  ``en_to_ko*`` (target language segment), …;
+* ``cells.csv`` — every cell in long form: score, baseline, transferred − baseline, relative
+  score, steps to 90% of the baseline's best dev score (transfer and baseline);
+* ``transfer_heatmaps.png`` — transferred − baseline (×100), one row of panels per method:
+  cross-task per language (rows = source, columns = target) and cross-language
+  (rows = source→target language, columns = task), like thesis Figures 8–9.
+
+Scores are means over seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from promptatlas.bank import ResultsDB, RunRecord, write_text_atomic
+
+if TYPE_CHECKING:
+    from promptatlas.transfer.grid import GridConfig
+
+__all__ = ["grid_cells", "write_transfer_report"]
+
+
+def grid_cells(grid: GridConfig, db: ResultsDB) -> list[dict[str, Any]]:
+    """One row per finished cell of ``grid`` (newest record per cell key)."""
+    rows: list[dict[str, Any]] = []
+    for cell in grid.cells():
+        found = db.find(key=grid.key(cell), status="done", limit=1)
+        if not found:
+            continue
+        rec: RunRecord = found[0]
+        m = rec.metrics
+        rows.append(
+            {
+                "kind": cell.kind,
+                "method": cell.method,
+                "seed": cell.seed,
+                "source_task": cell.source_task,
+                "source_lang": cell.source_lang,
+                "task": cell.task,
+                "lang": cell.lang,
+                "lang_segment": cell.lang_segment,
+                "score": rec.score,
+                "baseline": m.get("baseline"),
+                "delta": m.get("delta"),
+                "relative": m.get("relative"),
+                "zero_shot_init": m.get("zero_shot"),
+                "steps_to_90": m.get("steps_to_90"),
+                "baseline_steps_to_90": m.get("baseline_steps_to_90"),
+                "prompt_dir": rec.prompt_dir,
+            }
+        )
+    return rows
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    nums = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return sum(nums) / len(nums) if nums else None
+
+
+def _by(rows: Sequence[dict[str, Any]], *keys: str, value: str = "score") -> dict[Any, float]:
+    groups: dict[Any, list[Any]] = defaultdict(list)
+    for r in rows:
+        groups[tuple(r[k] for k in keys)].append(r[value])
+    return {k: m for k, v in groups.items() if (m := _mean(v)) is not None}
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f}"
+
+
+def _write_csv(path: Path, header: Sequence[str], body: Sequence[Sequence[Any]]) -> Path:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(body)
+    write_text_atomic(path, buffer.getvalue())
+    return path
+
+
+def _pair(src: str, tgt: str) -> str:
+    return f"{src}_to_{tgt}"
+
+
+def write_transfer_report(grid: GridConfig, db: ResultsDB) -> list[Path]:
+    """Write the CSV tables and the heatmap figure; returns the files written."""
+    exp, spec = grid.experiment, grid.transfer
+    out = grid.out / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = grid_cells(grid, db)
+    written: list[Path] = []
+    fields = list(rows[0]) if rows else ["kind"]
+    written.append(
+        _write_csv(out / "cells.csv", fields, [[r.get(f) for f in fields] for r in rows])
+    )
+    base = _by([r for r in rows if r["kind"] == "base"], "method", "task", "lang")
+    task_rows = [r for r in rows if r["kind"] == "task"]
+    task_score = _by(task_rows, "method", "lang", "source_task", "task")
+    task_delta = _by(task_rows, "method", "lang", "source_task", "task", value="delta")
+    lang_rows = [r for r in rows if r["kind"] == "language"]
+    lang_score = _by(lang_rows, "method", "source_lang", "lang", "task")
+    lang_delta = _by(lang_rows, "method", "source_lang", "lang", "task", value="delta")
+    zero = _by(
+        [r for r in rows if r["kind"] == "zero"],
+        "method",
+        "source_lang",
+        "lang",
+        "task",
+        "lang_segment",
+    )
+    sources = list(spec.sources or exp.tasks)
+    targets = list(spec.targets or exp.tasks)
+    pairs = [(s, t) for s in exp.langs for t in exp.langs if s != t]
+    for method in exp.methods:
+        if spec.cross_task:
+            for lang in exp.langs:
+                body = []
+                for tgt in targets:
+                    line: list[str] = [tgt]
+                    for src in sources:
+                        value = (
+                            base.get((method, tgt, lang))
+                            if src == tgt
+                            else task_score.get((method, lang, src, tgt))
+                        )
+                        line.append(_fmt(value))
+                    body.append(line)
+                written.append(
+                    _write_csv(
+                        out / f"cross_task_{lang}_{method}.csv",
+                        ["target \\ source", *sources],
+                        body,
+                    )
+                )
+        if spec.cross_lang:
+            body = [
+                [_pair(s, t), *(_fmt(lang_score.get((method, s, t, task))) for task in exp.tasks)]
+                for s, t in pairs
+            ]
+            body += [
+                [f"baseline_{lang}", *(_fmt(base.get((method, task, lang))) for task in exp.tasks)]
+                for lang in exp.langs
+            ]
+            written.append(_write_csv(out / f"cross_lang_{method}.csv", ["", *exp.tasks], body))
+        if spec.zero_shot:
+            body = []
+            for s, t in pairs:
+                for segment, mark in (("source", ""), ("target", "*")):
+                    body.append(
+                        [
+                            _pair(s, t) + mark,
+                            *(_fmt(zero.get((method, s, t, task, segment))) for task in exp.tasks),
+                        ]
+                    )
+            written.append(_write_csv(out / f"zero_shot_{method}.csv", ["", *exp.tasks], body))
+    if task_delta or lang_delta:
+        written.append(
+            _heatmaps(
+                out / "transfer_heatmaps.png", grid, sources, targets, pairs, task_delta, lang_delta
+            )
+        )
+    return written
+
+
+def _heatmaps(
+    path: Path,
+    grid: GridConfig,
+    sources: Sequence[str],
+    targets: Sequence[str],
+    pairs: Sequence[tuple[str, str]],
+    task_delta: dict[Any, float],
+    lang_delta: dict[Any, float],
+) -> Path:
+    import numpy as np
+
+    from promptatlas.report.figures import annotated_heatmap, save_figure, subplots
+
+    exp, spec = grid.experiment, grid.transfer
+    methods = list(exp.methods)
+    panels: list[tuple[str, list[str], list[str], Any]] = []
+    for method in methods:
+        if spec.cross_task:
+            for lang in exp.langs:
+                grid_values = np.full((len(sources), len(targets)), np.nan)
+                for i, src in enumerate(sources):
+                    for j, tgt in enumerate(targets):
+                        v = task_delta.get((method, lang, src, tgt))
+                        if v is not None:
+                            grid_values[i, j] = 100 * v
+                panels.append(
+                    (f"{method} cross-task ({lang})", list(sources), list(targets), grid_values)
+                )
+        if spec.cross_lang:
+            grid_values = np.full((len(pairs), len(exp.tasks)), np.nan)
+            for i, (s, t) in enumerate(pairs):
+                for j, task in enumerate(exp.tasks):
+                    v = lang_delta.get((method, s, t, task))
+                    if v is not None:
+                        grid_values[i, j] = 100 * v
+            panels.append(
+                (
+                    f"{method} cross-language",
+                    [f"{s}→{t}" for s, t in pairs],
+                    list(exp.tasks),
+                    grid_values,
+                )
+            )
+    per_row = len(panels) // max(len(methods), 1)
+    finite = [abs(float(x)) for _, _, _, g in panels for x in g.ravel() if np.isfinite(x)]
+    limit = max(finite) if finite else 1.0
+    fig, axes = subplots(len(methods), per_row, panel=(3.4, 2.9))
+    for ax, (title, rows, cols, values) in zip(axes.ravel(), panels, strict=False):
+        annotated_heatmap(ax, values, rows, cols, limit=limit, fmt="{:+.1f}")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("source")
+        ax.set_xlabel("target")
+    fig.suptitle(f"{grid.name}: transferred − baseline (score ×100) on {exp.model}", fontsize=11)
+    return save_figure(fig, path)

@@ -1,0 +1,465 @@
+"""Transfer grids: every source × target cell of a study, resumable and shardable.
+
+A grid file is an experiment file (see :mod:`promptatlas.experiments`: tasks, langs, methods,
+seeds, train/eval/format settings) with a ``transfer`` block::
+
+    transfer:
+      lang_length: 10          # factorised prompt = language 10 + task 10 positions (thesis)
+      task_length: 10
+      language: {steps: 40, batch_size: 8, lr: 0.03, max_length: 64}   # language prompts
+      language_by_method: {v2: {lr: 0.01}}
+      text: {ko: [../shared/data/ko/rawtext]}  # raw text per language (default: bundled)
+      sources: [sa, nli]       # default: all tasks; targets likewise
+      targets: [sa, nli]
+      cross_task: true         # source task segment → target task (same language)
+      cross_lang: true         # same task, other language (language segment trained)
+      zero_shot: true          # cross-language zero-shot, source vs target language segment
+
+Cells, in the order they run (each depends only on cells before it):
+
+1. ``lang``: a language prompt per language × method × seed;
+2. ``base``: every task/language's own factorised prompt (language frozen) — the baselines;
+3. ``task``: cross-task transfer source → target, per language;
+4. ``language``: cross-language transfer, per task and language pair;
+5. ``zero``: zero-shot cross-language evaluation with the source or the target language segment.
+
+Each finished cell is recorded in the results database under its key and skipped by later runs,
+so an interrupted grid continues where it stopped. ``shard=(i, n)`` runs cells whose position
+in that list is ≡ i (mod n); a missing dependency owned by another shard is built locally (same
+seed ⇒ same prompt bytes, directories are written atomically), so shards can run on several
+processes or machines at once and be merged through the database (``promptatlas runs merge``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from promptatlas.bank import ResultsDB
+from promptatlas.experiments import (
+    ExperimentConfig,
+    ExperimentError,
+    experiment_from_mapping,
+    read_yaml,
+)
+from promptatlas.models import ModelHandle, load_model
+from promptatlas.tasks import get_task
+from promptatlas.training import TrainConfig
+from promptatlas.transfer.subprompts import LanguagePromptConfig, train_language_prompt
+from promptatlas.transfer.transfer import transfer_run, zero_shot
+from promptatlas.workflows import RunConfig, train_run
+
+__all__ = ["Cell", "GridConfig", "TransferSpec", "load_grid", "parse_shard", "run_grid"]
+
+
+@dataclass(frozen=True)
+class TransferSpec:
+    """The ``transfer`` block of a grid file (see the module docstring)."""
+
+    lang_length: int = 10
+    task_length: int = 10
+    language: Mapping[str, Any] = field(default_factory=dict)
+    language_by_method: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    text: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    text_limit: int | None = None
+    max_length: int = 64
+    sources: tuple[str, ...] | None = None
+    targets: tuple[str, ...] | None = None
+    cross_task: bool = True
+    cross_lang: bool = True
+    zero_shot: bool = True
+
+    def __post_init__(self) -> None:
+        if self.lang_length < 1 or self.task_length < 1:
+            raise ExperimentError("transfer: lang_length and task_length must be ≥ 1")
+        object.__setattr__(
+            self, "text", {str(k): tuple(str(p) for p in v) for k, v in self.text.items()}
+        )
+        for name in ("sources", "targets"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+        TrainConfig(**self.language)  # validate early
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of grid work. ``kind``: lang, base, task, language or zero."""
+
+    kind: str
+    method: str
+    seed: int
+    lang: str  # the (target) language
+    task: str | None = None  # the (target) task
+    source_task: str | None = None
+    source_lang: str | None = None
+    lang_segment: str | None = None  # zero: "source" or "target"
+
+    @property
+    def name(self) -> str:
+        s = f"{self.method}/s{self.seed}"
+        if self.kind == "lang":
+            return f"lang-{self.lang}/{s}"
+        if self.kind == "base":
+            return f"base/{self.task}-{self.lang}/{s}"
+        if self.kind == "task":
+            return f"task/{self.source_task}-to-{self.task}-{self.lang}/{s}"
+        if self.kind == "language":
+            return f"language/{self.task}-{self.source_lang}-to-{self.lang}/{s}"
+        return f"zero/{self.task}-{self.source_lang}-to-{self.lang}/{self.lang_segment}/{s}"
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    experiment: ExperimentConfig
+    transfer: TransferSpec
+
+    @property
+    def name(self) -> str:
+        return self.experiment.name
+
+    @property
+    def out(self) -> Path:
+        return Path(self.experiment.out)
+
+    def key(self, cell: Cell) -> str:
+        return f"{self.name}/{self.experiment.model}/{cell.name}"
+
+    # -- cells -----------------------------------------------------------------------------
+    def cells(self) -> list[Cell]:
+        exp, spec = self.experiment, self.transfer
+        tasks = [t for t in exp.tasks]
+        sources = list(spec.sources or tasks)
+        targets = list(spec.targets or tasks)
+        out: list[Cell] = []
+        for seed in exp.seeds:
+            for method in exp.methods:
+                out += [Cell("lang", method, seed, lang) for lang in exp.langs]
+        for seed in exp.seeds:
+            for method in exp.methods:
+                out += [
+                    Cell("base", method, seed, lang, task)
+                    for lang in exp.langs
+                    for task in tasks
+                    if self._present(task, lang)
+                ]
+        for seed in exp.seeds:
+            for method in exp.methods:
+                if spec.cross_task:
+                    out += [
+                        Cell("task", method, seed, lang, tgt, source_task=src, source_lang=lang)
+                        for lang in exp.langs
+                        for src in sources
+                        for tgt in targets
+                        if src != tgt and self._present(src, lang) and self._present(tgt, lang)
+                    ]
+                if spec.cross_lang:
+                    out += [
+                        Cell("language", method, seed, tgt, task, source_task=task, source_lang=src)
+                        for task in tasks
+                        for src in exp.langs
+                        for tgt in exp.langs
+                        if src != tgt and self._present(task, src) and self._present(task, tgt)
+                    ]
+                if spec.zero_shot:
+                    out += [
+                        Cell(
+                            "zero",
+                            method,
+                            seed,
+                            tgt,
+                            task,
+                            source_task=task,
+                            source_lang=src,
+                            lang_segment=segment,
+                        )
+                        for task in tasks
+                        if get_task(task, "en").spec.kind == "classification"
+                        for src in exp.langs
+                        for tgt in exp.langs
+                        if src != tgt and self._present(task, src) and self._present(task, tgt)
+                        for segment in ("source", "target")
+                    ]
+        return out
+
+    def _present(self, task: str, lang: str) -> bool:
+        return f"{task}-{lang}" not in self.experiment.skip
+
+    def dependencies(self, cell: Cell) -> list[Cell]:
+        m, s = cell.method, cell.seed
+        if cell.kind == "lang":
+            return []
+        if cell.kind == "base":
+            return [Cell("lang", m, s, cell.lang)]
+        assert cell.task is not None and cell.source_lang is not None
+        source = Cell("base", m, s, cell.source_lang, cell.source_task)
+        target = Cell("base", m, s, cell.lang, cell.task)
+        if cell.kind == "task":
+            return [source, target]
+        if cell.kind == "language":
+            return [source, Cell("lang", m, s, cell.lang), target]
+        return [source, Cell("lang", m, s, cell.lang)]
+
+    # -- where things go -------------------------------------------------------------------
+    def path(self, cell: Cell) -> Path:
+        bank = self.out / "bank"
+        suffix = f"{cell.method}-s{cell.seed}"
+        if cell.kind == "lang":
+            return bank / f"lang-{cell.lang}-{suffix}"
+        if cell.kind == "base":
+            return bank / f"{cell.task}-{cell.lang}-{suffix}"
+        if cell.kind == "task":
+            return self.out / "transfer" / f"{cell.source_task}-to-{cell.task}-{cell.lang}-{suffix}"
+        if cell.kind == "language":
+            return self.out / "transfer" / f"{cell.task}-{cell.source_lang}-to-{cell.lang}-{suffix}"
+        return self.out / "zero-shot" / f"{cell.name.replace('/', '_')}.json"
+
+    def run_config(self, task: str, lang: str, method: str, seed: int) -> RunConfig:
+        cfg = self.experiment.run_config(task, lang, method, seed)
+        lang_prompt = self.path(Cell("lang", method, seed, lang))
+        return dataclasses.replace(cfg, lang_prompt=str(lang_prompt))
+
+    def language_config(self, lang: str, method: str, seed: int) -> LanguagePromptConfig:
+        exp, spec = self.experiment, self.transfer
+        train = {
+            "steps": 100,
+            "batch_size": 8,
+            "lr": 0.03,
+            "warmup": 0.1,
+            **spec.language,
+            **spec.language_by_method.get(method, {}),
+            "seed": seed,
+        }
+        return LanguagePromptConfig(
+            lang=lang,
+            model=exp.model,
+            prompt=exp.methods[method],
+            lang_length=spec.lang_length,
+            task_length=spec.task_length,
+            train=TrainConfig(**train),
+            text=spec.text.get(lang, ()),
+            text_limit=spec.text_limit,
+            max_length=spec.max_length,
+            precision=exp.precision,
+            device=exp.device,
+        )
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` → (i, n) with 0 ≤ i < n."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes i/n (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 ≤ i < n")
+    return i, n
+
+
+def load_grid(path: str | Path) -> GridConfig:
+    """Parse and validate a grid file; errors name the file and the problem."""
+    path = Path(path)
+    data = read_yaml(path)
+    block = data.pop("transfer", None)
+    if not isinstance(block, Mapping):
+        raise ExperimentError(
+            f"{path} has no 'transfer' block; it is a plain experiment file "
+            "(run it with `promptatlas run`)"
+        )
+    known = {f.name for f in dataclasses.fields(TransferSpec)}
+    unknown = set(block) - known
+    if unknown:
+        raise ExperimentError(
+            f"{path}: unknown transfer option(s) {sorted(unknown)}; valid: {sorted(known)}"
+        )
+    exp = experiment_from_mapping(data, path)
+    try:
+        spec = TransferSpec(**block)
+    except (TypeError, ValueError) as exc:
+        raise ExperimentError(f"{path}: transfer: {exc}") from None
+    grid = GridConfig(exp, spec)
+    for name in ("sources", "targets"):
+        bad = set(getattr(spec, name) or ()) - set(exp.tasks)
+        if bad:
+            raise ExperimentError(f"{path}: transfer {name} {sorted(bad)} are not in tasks")
+    unknown_methods = set(spec.language_by_method) - set(exp.methods)
+    if unknown_methods:
+        raise ExperimentError(
+            f"{path}: transfer language_by_method names unknown methods {sorted(unknown_methods)}"
+        )
+    return grid
+
+
+class _Runner:
+    def __init__(
+        self,
+        grid: GridConfig,
+        db: ResultsDB,
+        progress: bool,
+        log: Callable[[str], Any],
+    ) -> None:
+        self.grid, self.db, self.progress, self.log = grid, db, progress, log
+        self._handle: ModelHandle | None = None
+        self.trained = 0
+
+    @property
+    def handle(self) -> ModelHandle:
+        if self._handle is None:
+            exp = self.grid.experiment
+            self._handle = load_model(exp.model, device=exp.device)
+        return self._handle
+
+    def done(self, cell: Cell) -> bool:
+        path = self.grid.path(cell)
+        exists = (path / "prompt.json").exists() if cell.kind != "zero" else path.exists()
+        return exists and self.db.has(self.grid.key(cell))
+
+    def ensure(self, cell: Cell) -> None:
+        if self.done(cell):
+            return
+        for dep in self.grid.dependencies(cell):
+            self.ensure(dep)
+        self.run(cell)
+
+    def run(self, cell: Cell) -> None:
+        grid, exp = self.grid, self.grid.experiment
+        path = grid.path(cell)
+        started = time.perf_counter()
+        self.log(f"[{grid.name}] {cell.name}")
+        metrics: dict[str, Any]
+        if cell.kind == "lang":
+            res = train_language_prompt(
+                grid.language_config(cell.lang, cell.method, cell.seed),
+                path,
+                handle=self.handle,
+                db=self.db,
+                progress=self.progress,
+            )
+            metrics = {
+                "heldout_loss_untrained": res.heldout_loss_before,
+                "heldout_loss": res.heldout_loss_after,
+            }
+            score = -res.heldout_loss_after if res.heldout_loss_after is not None else None
+            self.log(
+                f"    held-out LM loss {res.heldout_loss_before:.3f} → "
+                f"{res.heldout_loss_after:.3f} ({res.steps} steps)"
+            )
+        elif cell.kind == "base":
+            assert cell.task is not None
+            cfg = grid.run_config(cell.task, cell.lang, cell.method, cell.seed)
+            run = train_run(cfg, path, handle=self.handle, db=self.db, progress=self.progress)
+            metrics = {
+                **run.metrics["test"],
+                "untrained": run.untrained.score if run.untrained else None,
+                "dev_best": run.metrics.get("dev_best"),
+            }
+            score = run.trained.score
+            self.log(f"    test {100 * score:.1f} ({run.steps} steps, {run.seconds:.0f}s)")
+        elif cell.kind in ("task", "language"):
+            assert cell.task is not None and cell.source_task is not None
+            assert cell.source_lang is not None
+            source = grid.path(
+                Cell("base", cell.method, cell.seed, cell.source_lang, cell.source_task)
+            )
+            baseline = grid.path(Cell("base", cell.method, cell.seed, cell.lang, cell.task))
+            lang_prompt = (
+                grid.path(Cell("lang", cell.method, cell.seed, cell.lang))
+                if cell.kind == "language"
+                else None
+            )
+            cfg = grid.run_config(cell.task, cell.lang, cell.method, cell.seed)
+            moved = transfer_run(
+                source,
+                cfg,
+                path,
+                lang_prompt=lang_prompt,
+                baseline_dir=baseline,
+                handle=self.handle,
+                db=None,
+                progress=self.progress,
+            )
+            metrics = moved.to_dict()
+            score = moved.score
+            delta = "" if moved.delta is None else f" ({100 * moved.delta:+.1f} vs baseline)"
+            self.log(f"    test {100 * moved.score:.1f}{delta}")
+        else:
+            assert cell.task is not None and cell.source_lang is not None
+            source = grid.path(Cell("base", cell.method, cell.seed, cell.source_lang, cell.task))
+            target_lang = grid.path(Cell("lang", cell.method, cell.seed, cell.lang))
+            result = zero_shot(
+                source,
+                cell.task,
+                cell.lang,
+                lang_segment="target" if cell.lang_segment == "target" else "source",
+                lang_prompt=target_lang,
+                limit=exp.test_limit,
+                data_dir=exp.data_dir,
+                eval_config=exp.run_config(cell.task, cell.lang, cell.method, cell.seed).eval,
+                handle=self.handle,
+            )
+            metrics = {**result.metrics, "n": result.n, **result.extra}
+            score = result.score
+            from promptatlas.workflows import dump_json
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            dump_json(path, {"cell": cell.name, "metrics": metrics})
+            self.log(f"    zero-shot {100 * score:.1f}")
+        self.db.record(
+            kind=f"grid-{cell.kind}",
+            model=exp.model,
+            task=cell.task,
+            lang=cell.lang,
+            method=cell.method,
+            split="heldout" if cell.kind == "lang" else "test",
+            metrics={**metrics, "cell": dataclasses.asdict(cell)},
+            score=score,
+            config={"grid": grid.name, "cell": dataclasses.asdict(cell)},
+            prompt_dir=str(path),
+            seed=cell.seed,
+            key=grid.key(cell),
+        )
+        self.trained += 1
+        self.log(f"    {time.perf_counter() - started:.0f}s")
+
+
+def run_grid(
+    grid: GridConfig,
+    *,
+    db: ResultsDB | None = None,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool = True,
+    log: Callable[[str], Any] = print,
+    report: bool = True,
+) -> int:
+    """Run every cell of this shard that is not done yet; returns the number of cells run.
+    With ``report`` the tables and heatmaps are (re)written from the database at the end."""
+    owns_db = db is None
+    db = ResultsDB() if db is None else db
+    i, n = shard
+    try:
+        runner = _Runner(grid, db, progress, log)
+        cells = grid.cells()
+        mine = [c for k, c in enumerate(cells) if k % n == i]
+        todo = [c for c in mine if not runner.done(c)]
+        where = f" (shard {i}/{n})" if n > 1 else ""
+        log(
+            f"[{grid.name}] {len(cells)} cells on {grid.experiment.model}{where}: "
+            f"{len(mine) - len(todo)} of {len(mine)} done, {len(todo)} to go"
+        )
+        started = time.perf_counter()
+        for cell in todo:
+            runner.ensure(cell)
+        if report:
+            from promptatlas.report.transfer import write_transfer_report
+
+            written = write_transfer_report(grid, db)
+            log(f"[{grid.name}] report: {', '.join(str(p) for p in written)}")
+        log(f"[{grid.name}] {runner.trained} cells run in {time.perf_counter() - started:.0f}s")
+        return runner.trained
+    finally:
+        if owns_db:
+            db.close()
