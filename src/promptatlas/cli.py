@@ -27,40 +27,7 @@ def _add_common_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _parser() -> argparse.ArgumentParser:
-    from promptatlas.models import DEFAULT_MODEL
-
-    parser = argparse.ArgumentParser(
-        prog="promptatlas",
-        description="Train, evaluate, store and export soft prompts on frozen causal LMs.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser(
-        "train",
-        help="train a soft prompt on one task and language",
-        description="Train a v1 or v2 soft prompt; evaluates it untrained and "
-        "trained on test and stores it as a prompt directory.",
-    )
-    p.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"registry name, hub id or path (default {DEFAULT_MODEL}; see `promptatlas models`)",
-    )
-    p.add_argument(
-        "--task", required=True, help="sts, nli, sa, tc, qa, cg (see `promptatlas tasks`)"
-    )
-    p.add_argument("--lang", required=True, help="en or ko")
-    p.add_argument("--method", choices=("v1", "v2"), default="v2")
-    p.add_argument("--length", type=int, default=20, help="prompt length k (default 20)")
-    p.add_argument(
-        "--kv",
-        choices=("shared", "separate"),
-        default="shared",
-        help="v2: shared key=value prefix (thesis) or separate (PEFT prefix tuning)",
-    )
-    p.add_argument("--layers", default=None, help="v2 layer subset, e.g. 0,1,2,15,16,17")
-    p.add_argument("--init", choices=("uniform", "vocab", "labels"), default="uniform")
+def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimisation steps (default 200)")
     p.add_argument("--epochs", type=float, default=None, help="epochs instead of steps")
     p.add_argument("--batch-size", type=int, default=8)
@@ -91,6 +58,54 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="folder laid out like shared/data for the full datasets (default: bundled sample)",
     )
+
+
+def _parser() -> argparse.ArgumentParser:
+    from promptatlas.models import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(
+        prog="promptatlas",
+        description="Train, evaluate, store and export soft prompts on frozen causal LMs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="train a soft prompt on one task and language",
+        description="Train a v1 or v2 soft prompt; evaluates it untrained and "
+        "trained on test and stores it as a prompt directory.",
+    )
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"registry name, hub id or path (default {DEFAULT_MODEL}; see `promptatlas models`)",
+    )
+    p.add_argument(
+        "--task", required=True, help="sts, nli, sa, tc, qa, cg (see `promptatlas tasks`)"
+    )
+    p.add_argument("--lang", required=True, help="en or ko")
+    p.add_argument(
+        "--method",
+        choices=("v1", "v2"),
+        default=None,
+        help="v1 or v2 (default v2, or the language prompt's method)",
+    )
+    p.add_argument("--length", type=int, default=20, help="prompt length k (default 20)")
+    p.add_argument(
+        "--kv",
+        choices=("shared", "separate"),
+        default="shared",
+        help="v2: shared key=value prefix (thesis) or separate (PEFT prefix tuning)",
+    )
+    p.add_argument("--layers", default=None, help="v2 layer subset, e.g. 0,1,2,15,16,17")
+    p.add_argument("--init", choices=("uniform", "vocab", "labels"), default="uniform")
+    p.add_argument(
+        "--lang-prompt",
+        default=None,
+        help="a language prompt directory (`promptatlas lang-prompt`): train a task sub-prompt "
+        "after its frozen language segment (method, kv and layers follow it)",
+    )
+    _add_train_options(p)
     p.add_argument("--out", required=True, help="prompt directory to create")
     _add_common_model(p)
 
@@ -126,6 +141,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", default=None)
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="DB",
+        default=None,
+        help="copy the runs of these database files (e.g. grid shards from other machines) "
+        "into --db",
+    )
     p.add_argument("--db", default=None)
 
     p = sub.add_parser(
@@ -149,6 +172,123 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", help="e.g. configs/quickstart.yaml")
     p.add_argument("--out", default=None, help="override the experiment's output folder")
     p.add_argument("--data-dir", default=None, help="override the experiment's data folder")
+    _add_common_model(p)
+
+    p = sub.add_parser(
+        "lang-prompt",
+        help="train a language sub-prompt on raw text",
+        description="Train the language segment of a factorised prompt by next-token LM loss "
+        "on raw text of one language, with a random frozen task segment after it (thesis Eq. 8). "
+        "Use it with `train --lang-prompt`, `transfer` and `zero-shot --lang-segment target`.",
+    )
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"(default {DEFAULT_MODEL})")
+    p.add_argument("--lang", required=True, help="language code, e.g. en or ko")
+    p.add_argument(
+        "--text",
+        nargs="+",
+        default=None,
+        help="text files or folders, one sentence/paragraph per line (default: the bundled "
+        "1,000-sentence sample of en/ko)",
+    )
+    p.add_argument("--method", choices=("v1", "v2"), default=None, help="default v2")
+    p.add_argument("--kv", choices=("shared", "separate"), default="shared")
+    p.add_argument("--layers", default=None, help="v2 layer subset, e.g. 0,1,2,15,16,17")
+    p.add_argument("--init", choices=("uniform", "vocab"), default="uniform")
+    p.add_argument("--length", type=int, default=20, help=argparse.SUPPRESS)
+    p.add_argument("--lang-length", type=int, default=10, help="language positions (default 10)")
+    p.add_argument("--task-length", type=int, default=10, help="task positions (default 10)")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=None, help="default 0.1 (v1), 0.01 (v2)")
+    p.add_argument("--max-length", type=int, default=64, help="tokens per training sequence")
+    p.add_argument("--text-limit", type=int, default=None, help="use at most this many lines")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--out", required=True, help="prompt directory to create")
+    _add_common_model(p)
+
+    p = sub.add_parser(
+        "transfer",
+        help="transfer a prompt to another task or language and train it",
+        description="Cross-task (same language: the source task segment initialises the "
+        "target's, the language segment stays frozen) or cross-language (same task: the source "
+        "task segment stays frozen, the language segment is trained) transfer. With --baseline "
+        "it reports transferred − baseline and the steps to reach 90%% of the baseline's best "
+        "dev score (give --eval-every).",
+    )
+    p.add_argument("--from", dest="source", required=True, help="source prompt directory")
+    p.add_argument("--to", default=None, help="target task (default: the source's)")
+    p.add_argument("--lang", default=None, help="target language (default: the source's)")
+    p.add_argument(
+        "--lang-prompt",
+        default=None,
+        help="cross-language: the target language's language prompt (initialises the trained "
+        "language segment)",
+    )
+    p.add_argument("--baseline", default=None, help="the target's own prompt, for the comparison")
+    p.add_argument("--out", required=True, help="prompt directory to create")
+    _add_train_options(p)
+    _add_common_model(p)
+
+    p = sub.add_parser(
+        "zero-shot",
+        help="evaluate a prompt on another task or language without training",
+        description="Zero-shot transfer (thesis Tables 13-14): the source's label words, and "
+        "the source's language segment or (--lang-segment target) the one of a target-language "
+        "prompt.",
+    )
+    p.add_argument("--prompt", required=True, help="source prompt directory")
+    p.add_argument("--task", default=None, help="target task (default: the prompt's)")
+    p.add_argument("--lang", default=None, help="target language (default: the prompt's)")
+    p.add_argument("--lang-segment", choices=("source", "target"), default="source")
+    p.add_argument("--lang-prompt", default=None, help="target language prompt (for target)")
+    p.add_argument("--label-words", choices=("source", "target"), default="source")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--mode", choices=("auto", "rank", "generate"), default="auto")
+    p.add_argument("--data-dir", default=None)
+    _add_common_model(p)
+
+    p = sub.add_parser(
+        "grid",
+        help="run a transfer grid (YAML): all sources × all targets",
+        description="Run every cell of a transfer grid not done yet (resumable through the "
+        "results database) and write its tables (thesis Tables 7-14 layout) and heatmaps. "
+        "--shard i/n runs one share of the cells; shards on other machines are combined with "
+        "`promptatlas runs --merge`.",
+    )
+    p.add_argument("grid", help="e.g. configs/transfer-grid.yaml")
+    p.add_argument("--shard", default=None, help="i/n: run the cells ≡ i (mod n)")
+    p.add_argument("--out", default=None, help="override the grid's output folder")
+    p.add_argument("--no-report", action="store_true", help="skip tables and heatmaps")
+    _add_common_model(p)
+
+    p = sub.add_parser(
+        "project",
+        help="carry prompts across models with a trained projector",
+        description="Cross-model transfer (Su et al. 2022): train a 2-layer tanh MLP mapping "
+        "prompts of --from-model to --to-model with the task loss through the frozen target, "
+        "then project other prompts (--apply) zero-shot and, with --init-steps, as an "
+        "initialisation.",
+    )
+    p.add_argument("--from-model", required=True)
+    p.add_argument("--to-model", required=True)
+    p.add_argument("--source-prompt", default=None, help="a prompt of --from-model to learn on")
+    p.add_argument("--train-task", default=None, help="or: train a source prompt on this task")
+    p.add_argument("--lang", default=None, help="language of --train-task")
+    p.add_argument("--method", choices=("v1", "v2"), default=None, help="for --train-task")
+    p.add_argument("--length", type=int, default=20, help="for --train-task")
+    p.add_argument("--source-steps", type=int, default=100, help="for --train-task")
+    p.add_argument("--apply", nargs="*", default=None, help="more prompts of --from-model")
+    p.add_argument("--hidden", type=int, default=512, help="projector hidden size")
+    p.add_argument("--steps", type=int, default=100, help="projector training steps")
+    p.add_argument("--lr", type=float, default=1e-3, help="projector learning rate")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--init-steps", type=int, default=0, help="train projected prompts N steps")
+    p.add_argument("--test-limit", type=int, default=200)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--separator", default="sep_token")
+    p.add_argument("--out", required=True)
     _add_common_model(p)
 
     sub.add_parser("models", help="list registered models", description="List registered models.")
@@ -181,36 +321,60 @@ def _unescape(text: str) -> str:
     return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from promptatlas.bank import ResultsDB
-    from promptatlas.formatting import FormatConfig
-    from promptatlas.training import TrainConfig
-    from promptatlas.workflows import RunConfig, train_run
+def _method_of(args: argparse.Namespace) -> str:
+    """--method, else the language prompt's method, else v2."""
+    if args.method:
+        return str(args.method)
+    if getattr(args, "lang_prompt", None):
+        from promptatlas.bank import read_metadata
 
-    lr = args.lr if args.lr is not None else (0.3 if args.method == "v1" else 0.01)
-    steps = args.steps if args.steps is not None or args.epochs is not None else 200
-    cfg = RunConfig(
-        task=args.task,
-        lang=args.lang,
-        model=args.model,
-        prompt=_prompt_config(args),
-        train=TrainConfig(
-            steps=steps,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            grad_accum=args.grad_accum,
-            lr=lr,
-            eval_every=args.eval_every,
-            patience=args.patience,
-            seed=args.seed,
-        ),
+        return str(read_metadata(args.lang_prompt).prompt.get("method", "v2"))
+    return "v2"
+
+
+def _train_config(args: argparse.Namespace, method: str, *, default_steps: int = 200) -> Any:
+    from promptatlas.training import TrainConfig
+
+    lr = args.lr if args.lr is not None else (0.3 if method == "v1" else 0.01)
+    steps = args.steps if args.steps is not None or args.epochs is not None else default_steps
+    return TrainConfig(
+        steps=steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        lr=lr,
+        eval_every=args.eval_every,
+        patience=args.patience,
+        seed=args.seed,
+    )
+
+
+def _run_config(args: argparse.Namespace, task: str, lang: str, model: str, prompt: Any) -> Any:
+    from promptatlas.formatting import FormatConfig
+    from promptatlas.workflows import RunConfig
+
+    return RunConfig(
+        task=task,
+        lang=lang,
+        model=model,
+        prompt=prompt,
+        train=_train_config(args, prompt.method),
         format=FormatConfig(separator=_unescape(args.separator)),
         precision=args.precision,
         data_dir=args.data_dir,
+        lang_prompt=getattr(args, "lang_prompt", None),
         train_limit=args.train_limit,
         test_limit=args.test_limit,
         device=args.device,
     )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from promptatlas.bank import ResultsDB
+    from promptatlas.workflows import train_run
+
+    args.method = _method_of(args)
+    cfg = _run_config(args, args.task, args.lang, args.model, _prompt_config(args))
     with ResultsDB(args.db) as db:
         result = train_run(cfg, args.out, db=db, progress=not args.quiet)
     base = result.untrained.score if result.untrained else float("nan")
@@ -218,6 +382,189 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"{args.task}-{args.lang} {args.method}: untrained {100 * base:.1f} → trained "
         f"{100 * result.trained.score:.1f} on test (n={result.trained.n}); saved {result.path}"
     )
+    return 0
+
+
+def _cmd_lang_prompt(args: argparse.Namespace) -> int:
+    from promptatlas.bank import ResultsDB
+    from promptatlas.training import TrainConfig
+    from promptatlas.transfer import LanguagePromptConfig, train_language_prompt
+
+    args.method = args.method or "v2"
+    lr = args.lr if args.lr is not None else (0.1 if args.method == "v1" else 0.01)
+    cfg = LanguagePromptConfig(
+        lang=args.lang,
+        model=args.model,
+        prompt=_prompt_config(args),
+        lang_length=args.lang_length,
+        task_length=args.task_length,
+        train=TrainConfig(
+            steps=args.steps, batch_size=args.batch_size, lr=lr, warmup=0.1, seed=args.seed
+        ),
+        text=tuple(args.text or ()),
+        text_limit=args.text_limit,
+        max_length=args.max_length,
+        precision=args.precision,
+        device=args.device,
+    )
+    with ResultsDB(args.db) as db:
+        result = train_language_prompt(cfg, args.out, db=db, progress=not args.quiet)
+    print(
+        f"language prompt {args.lang} ({args.method}): held-out LM loss "
+        f"{result.heldout_loss_before:.3f} → {result.heldout_loss_after:.3f} after "
+        f"{result.steps} steps; saved {result.path}"
+    )
+    return 0
+
+
+def _cmd_transfer(args: argparse.Namespace) -> int:
+    from promptatlas.bank import ResultsDB, read_metadata
+    from promptatlas.prompts import PromptConfig
+    from promptatlas.transfer import transfer_run
+
+    meta = read_metadata(args.source)
+    if meta.task is None:
+        raise ValueError(f"{args.source} is a language prompt; transfer a task prompt")
+    lang = str(args.lang or meta.lang)
+    task = str(args.to or meta.task)
+    prompt = PromptConfig.from_dict(meta.prompt)
+    args.lang_prompt_target = args.lang_prompt
+    args.lang_prompt = None
+    cfg = _run_config(args, task, lang, meta.model, prompt)
+    with ResultsDB(args.db) as db:
+        result = transfer_run(
+            args.source,
+            cfg,
+            args.out,
+            lang_prompt=args.lang_prompt_target,
+            baseline_dir=args.baseline,
+            db=db,
+            progress=not args.quiet,
+        )
+    line = f"{result.source} → {task}-{lang} ({result.kind}): {100 * result.score:.1f}"
+    if result.delta is not None:
+        line += f" ({100 * result.delta:+.1f} vs baseline {100 * (result.baseline or 0):.1f})"
+    if result.steps_to_90 is not None or result.baseline_steps_to_90 is not None:
+        line += (
+            f"; steps to 90% of the baseline's best dev: {result.steps_to_90} "
+            f"(baseline {result.baseline_steps_to_90})"
+        )
+    print(line + f"; saved {result.run.path}")
+    return 0
+
+
+def _cmd_zero_shot(args: argparse.Namespace) -> int:
+    from promptatlas.bank import ResultsDB, read_metadata
+    from promptatlas.evaluation.evaluate import EvalConfig
+    from promptatlas.transfer import zero_shot
+
+    meta = read_metadata(args.prompt)
+    task, lang = args.task or meta.task, args.lang or meta.lang
+    if task is None or lang is None:
+        raise ValueError(f"{args.prompt} is a language prompt; give a task prompt")
+    with ResultsDB(args.db) as db:
+        result = zero_shot(
+            args.prompt,
+            task,
+            lang,
+            lang_segment=args.lang_segment,
+            lang_prompt=args.lang_prompt,
+            label_words=args.label_words,
+            limit=args.limit,
+            data_dir=args.data_dir,
+            eval_config=EvalConfig(mode=args.mode),
+            db=db,
+        )
+    shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in result.metrics.items() if k != "score")
+    print(
+        f"{result.extra['source']} → {task}-{lang} zero-shot "
+        f"({result.extra['lang_segment']} language segment, {result.extra['label_words']} label "
+        f"words, n={result.n}): {shown}"
+    )
+    return 0
+
+
+def _cmd_grid(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from promptatlas.bank import ResultsDB
+    from promptatlas.transfer import load_grid, parse_shard, run_grid
+
+    grid = load_grid(args.grid)
+    if args.out:
+        grid = dataclasses.replace(
+            grid, experiment=dataclasses.replace(grid.experiment, out=args.out)
+        )
+    shard = parse_shard(args.shard) if args.shard else (0, 1)
+    with ResultsDB(args.db) as db:
+        run_grid(grid, db=db, shard=shard, progress=not args.quiet, report=not args.no_report)
+    return 0
+
+
+def _cmd_project(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from promptatlas.bank import ResultsDB
+    from promptatlas.models import load_model
+    from promptatlas.prompts import PromptConfig
+    from promptatlas.training import TrainConfig
+    from promptatlas.transfer import ProjectConfig, ProjectorConfig, project_across_models
+    from promptatlas.workflows import train_run
+
+    out = Path(args.out)
+    source_handle = load_model(args.from_model, device=args.device)
+    target_handle = load_model(args.to_model, device=args.device)
+    with ResultsDB(args.db) as db:
+        source_prompt = args.source_prompt
+        if source_prompt is None:
+            if not (args.train_task and args.lang):
+                raise ValueError("give --source-prompt, or --train-task and --lang to train one")
+            from promptatlas.formatting import FormatConfig
+            from promptatlas.workflows import RunConfig
+
+            method = args.method or "v1"
+            source_prompt = str(out / f"source-{args.train_task}-{args.lang}-{method}")
+            cfg = RunConfig(
+                task=args.train_task,
+                lang=args.lang,
+                model=args.from_model,
+                prompt=PromptConfig(method=method, length=args.length),  # type: ignore[arg-type]
+                train=TrainConfig(
+                    steps=args.source_steps, lr=0.1 if method == "v1" else 0.01, seed=args.seed
+                ),
+                format=FormatConfig(separator=_unescape(args.separator)),
+                test_limit=args.test_limit,
+                precision=args.precision,
+                device=args.device,
+            )
+            if not (Path(source_prompt) / "prompt.json").exists():
+                print(
+                    f"training the source prompt {args.train_task}-{args.lang} on {args.from_model}"
+                )
+                train_run(cfg, source_prompt, handle=source_handle, db=db, progress=not args.quiet)
+        cfg_p = ProjectConfig(
+            source_model=args.from_model,
+            target_model=args.to_model,
+            source_prompt=source_prompt,
+            apply=tuple(args.apply or ()),
+            projector=ProjectorConfig(hidden=args.hidden),
+            train=TrainConfig(
+                steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed
+            ),
+            init_steps=args.init_steps,
+            test_limit=args.test_limit,
+            precision=args.precision,
+            device=args.device,
+        )
+        project_across_models(
+            cfg_p,
+            out,
+            source_handle=source_handle,
+            target_handle=target_handle,
+            db=db,
+            progress=not args.quiet,
+        )
+    print(f"projector and projected prompts in {out} (summary.json)")
     return 0
 
 
@@ -252,6 +599,11 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     from promptatlas.bank import ResultsDB, format_runs_table
 
     filters = {k: getattr(args, k) for k in ("kind", "model", "task", "lang", "method", "split")}
+    if args.merge:
+        with ResultsDB(args.db) as db:
+            for other in args.merge:
+                print(f"merged {db.merge(other)} new runs from {other} into {db.path}")
+        return 0
     with ResultsDB(args.db) as db:
         records = db.find(limit=args.limit, **filters)
     if args.json:
@@ -278,20 +630,29 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    """An experiment file; one with a ``transfer`` block is a transfer grid."""
     import dataclasses
+    from pathlib import Path
 
     from promptatlas.bank import ResultsDB
-    from promptatlas.experiments import load_experiment, run_experiment
+    from promptatlas.experiments import load_experiment, read_yaml, run_experiment
+    from promptatlas.transfer import load_grid, run_grid
 
-    exp = load_experiment(args.experiment)
-    if args.out:
-        exp = dataclasses.replace(exp, out=args.out)
-    if args.device:
-        exp = dataclasses.replace(exp, device=args.device)
-    if args.data_dir:
-        exp = dataclasses.replace(exp, data_dir=args.data_dir)
+    overrides = {
+        k: v
+        for k, v in (("out", args.out), ("device", args.device), ("data_dir", args.data_dir))
+        if v
+    }
     with ResultsDB(args.db) as db:
-        run_experiment(exp, db=db, progress=not args.quiet)
+        if "transfer" in read_yaml(Path(args.experiment)):
+            grid = load_grid(args.experiment)
+            grid = dataclasses.replace(
+                grid, experiment=dataclasses.replace(grid.experiment, **overrides)
+            )
+            run_grid(grid, db=db, progress=not args.quiet)
+        else:
+            exp = dataclasses.replace(load_experiment(args.experiment), **overrides)
+            run_experiment(exp, db=db, progress=not args.quiet)
     return 0
 
 
@@ -320,6 +681,11 @@ _COMMANDS = {
     "runs": _cmd_runs,
     "export": _cmd_export,
     "run": _cmd_run,
+    "lang-prompt": _cmd_lang_prompt,
+    "transfer": _cmd_transfer,
+    "zero-shot": _cmd_zero_shot,
+    "grid": _cmd_grid,
+    "project": _cmd_project,
     "models": _cmd_models,
     "tasks": _cmd_tasks,
 }
@@ -332,12 +698,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from promptatlas.prompts import PromptConfigError
     from promptatlas.tasks import DataError
     from promptatlas.training import TrainConfigError
+    from promptatlas.transfer import ProjectorError
 
     return (
         DataError,
         PromptLoadError,
         ExportError,
         ExperimentError,
+        ProjectorError,
         ModelNotAvailableError,
         UnsupportedArchitectureError,
         PromptConfigError,

@@ -1,6 +1,7 @@
 """Transfer: factorised language/task sub-prompts, cross-task and cross-language transfer,
 zero-shot evaluation, transfer grids and cross-model projectors (SPEC §4)."""
 
+from promptatlas.transfer.crossmodel import ProjectConfig, project_across_models
 from promptatlas.transfer.grid import (
     Cell,
     GridConfig,
@@ -8,6 +9,16 @@ from promptatlas.transfer.grid import (
     load_grid,
     parse_shard,
     run_grid,
+)
+from promptatlas.transfer.projector import (
+    ProjectedPrompt,
+    ProjectorConfig,
+    ProjectorError,
+    PromptProjector,
+    load_projector,
+    project_prompt,
+    save_projector,
+    train_projector,
 )
 from promptatlas.transfer.subprompts import (
     LANG_SEGMENT,
@@ -36,17 +47,27 @@ __all__ = [
     "GridConfig",
     "LanguagePromptConfig",
     "LanguagePromptResult",
+    "ProjectConfig",
+    "ProjectedPrompt",
+    "ProjectorConfig",
+    "ProjectorError",
+    "PromptProjector",
     "TransferResult",
     "TransferSpec",
     "factorised_config",
     "is_factorised",
     "load_grid",
+    "load_projector",
     "parse_shard",
+    "project_across_models",
+    "project_prompt",
     "run_grid",
+    "save_projector",
     "source_label_variant",
     "steps_to_reach",
     "task_prompt_from_language",
     "train_language_prompt",
+    "train_projector",
     "transfer_kind",
     "transfer_prompt",
     "transfer_run",
