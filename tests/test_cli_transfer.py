@@ -24,7 +24,8 @@ def test_factorised_workflow(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     for lang, out in (("en", en), ("ko", ko)):
         code, text, err = _run(
             capsys, "lang-prompt", "--model", "tiny-gpt2", "--lang", lang, "--method", "v1",
-            "--steps", "2", "--text-limit", "40", "--max-length", "24", "--out", str(out), "--quiet",
+            "--steps", "2", "--text-limit", "40", "--max-length", "24", "--out", str(out),
+            "--quiet",
         )  # fmt: skip
         assert code == 0, err
         assert "held-out LM loss" in text
@@ -82,7 +83,7 @@ def test_project_across_tiny_models(tmp_path: Path, capsys: pytest.CaptureFixtur
     )  # fmt: skip
     assert code == 0, err
     out = tmp_path / "proj"
-    code, text, err = _run(
+    code, _, err = _run(
         capsys, "project", "--from-model", "tiny-gpt2", "--to-model", "tiny-gemma3",
         "--train-task", "sa", "--lang", "en", "--method", "v1", "--length", "4",
         "--source-steps", "2", "--steps", "3", "--hidden", "16", "--apply", str(nli),
@@ -95,7 +96,7 @@ def test_project_across_tiny_models(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert all(r["from_projection"] is not None for r in summary["rows"])
     projected = json.loads((out / "prompts" / "nli-en-v1" / "prompt.json").read_text())
     assert projected["model"] == "tiny-gemma3"  # a prompt directory of the target model
-    code, text, err = _run(capsys, "eval", str(out / "prompts" / "nli-en-v1"), "--limit", "4")
+    code, _, err = _run(capsys, "eval", str(out / "prompts" / "nli-en-v1"), "--limit", "4")
     assert code == 0, err
 
 
