@@ -291,6 +291,54 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     _add_common_model(p)
 
+    p = sub.add_parser(
+        "analyze",
+        help="what prompts do inside the model: attention, neurons, geometry, PCA, layers",
+        description="Analyses of stored prompts (SPEC §5). Each writes PNG figures, CSV/JSON "
+        "tables and summary.txt into --out.",
+    )
+    asub = p.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
+    helps = {
+        "attention": "attention variability per head (base model), KL(prompted ‖ base) per "
+        "head and layer, and their Pearson correlation",
+        "neurons": "ON scores of FFN activations between task prompts per layer, and "
+        "source-vs-target without and with transfer",
+        "geometry": "isotropy and label space per layer, base vs prompted, before vs after "
+        "transfer",
+        "pca": "PCA of the prompt vectors (v2: one panel per layer)",
+        "all": "attention, neurons, geometry and PCA into subfolders of --out, then layers",
+    }
+    for name, text in helps.items():
+        a = asub.add_parser(name, help=text, description=text.capitalize() + ".")
+        a.add_argument(
+            "--prompts",
+            nargs="+",
+            required=True,
+            help="prompt directories or folders holding them (one model)",
+        )
+        a.add_argument("--out", required=True, help="output folder")
+        a.add_argument("--model", default=None, help="default: the prompts' model")
+        if name != "pca":
+            a.add_argument("--n-examples", type=int, default=64, help="inputs per task/language")
+            a.add_argument("--split", choices=("train", "dev", "test"), default="test")
+            a.add_argument("--batch-size", type=int, default=16)
+            a.add_argument(
+                "--n-tokens", type=int, default=10, help="variability window (cg uses 2)"
+            )
+            a.add_argument("--data-dir", default=None)
+        a.add_argument("--device", default=None)
+    a = asub.add_parser(
+        "layers",
+        help="peak/trough layer groups from an attention analysis → a compression config",
+        description="Pick peak and trough layer groups from the per-layer KL curve of "
+        "`analyze attention` (keeping the first and last layers, as the thesis does) and write "
+        "an experiment file comparing v2 on them with full v2 and v1 (thesis Table 3).",
+    )
+    a.add_argument("--from", dest="source", required=True, help="an `analyze attention` folder")
+    a.add_argument("--out", required=True, help="experiment file to write, e.g. configs/c.yaml")
+    a.add_argument("--method", default="v2", help="whose mean KL curve to use (default v2)")
+    a.add_argument("--size", type=int, default=None, help="layers per group (default depth/2)")
+
     sub.add_parser("models", help="list registered models", description="List registered models.")
     sub.add_parser(
         "tasks",
@@ -656,6 +704,49 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from promptatlas.analysis import suite
+
+    if args.analysis == "layers":
+        suite.select_compression_layers(args.source, args.out, method=args.method, size=args.size)
+        return 0
+    handle = None
+    if args.model:
+        from promptatlas.models import load_model
+
+        handle = load_model(args.model, device=args.device)
+    handle, entries = suite.load_bank(args.prompts, handle)
+    out = Path(args.out)
+    cfg = None
+    if args.analysis != "pca":
+        cfg = suite.AnalysisConfig(
+            n_examples=args.n_examples,
+            split=args.split,
+            batch_size=args.batch_size,
+            n_tokens=args.n_tokens,
+            data_dir=args.data_dir,
+        )
+    print(f"analysing {len(entries)} prompts on {handle.name}")
+    if args.analysis in ("attention", "all"):
+        suite.analyze_attention(
+            entries, handle, out / "attention" if args.analysis == "all" else out, cfg
+        )
+    if args.analysis in ("neurons", "all"):
+        suite.analyze_neurons(entries, handle, out / "neurons" if args.analysis == "all" else out)
+    if args.analysis in ("geometry", "all"):
+        suite.analyze_geometry(
+            entries, handle, out / "geometry" if args.analysis == "all" else out, cfg
+        )
+    if args.analysis in ("pca", "all"):
+        suite.analyze_pca(entries, out / "pca" if args.analysis == "all" else out)
+    if args.analysis == "all":
+        suite.select_compression_layers(out / "attention", out / "compression.yaml")
+    print(f"figures, tables and summaries in {out}")
+    return 0
+
+
 def _cmd_models(_: argparse.Namespace) -> int:
     from promptatlas.models import list_models
 
@@ -686,6 +777,7 @@ _COMMANDS = {
     "zero-shot": _cmd_zero_shot,
     "grid": _cmd_grid,
     "project": _cmd_project,
+    "analyze": _cmd_analyze,
     "models": _cmd_models,
     "tasks": _cmd_tasks,
 }

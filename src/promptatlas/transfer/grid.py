@@ -72,6 +72,9 @@ class TransferSpec:
     cross_task: bool = True
     cross_lang: bool = True
     zero_shot: bool = True
+    # Also evaluate each transferred prompt before training (the zero-shot score of the
+    # initialisation, e.g. an NLI prompt read as SA); costs one test evaluation per cell.
+    evaluate_init: bool = True
 
     def __post_init__(self) -> None:
         if self.lang_length < 1 or self.task_length < 1:
@@ -84,6 +87,26 @@ class TransferSpec:
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
         TrainConfig(**self.language)  # validate early
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """The optional ``analysis`` block of a grid file: after the cells, analyse every prompt
+    of the grid (attention, neurons, geometry, PCA; :mod:`promptatlas.analysis.suite`) into
+    ``<out>/atlas``, choose v2 compression layers and write ``<out>/compression.yaml``.
+
+    compression: when given, also run that compression study (v1, v2, v2 on peak layers, v2 on
+    trough layers; thesis Table 3) with these experiment settings merged in (e.g. tasks,
+    langs, train, test_limit)."""
+
+    n_examples: int = 64
+    batch_size: int = 16
+    n_tokens: int = 10
+    compression: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_examples < 2 or self.batch_size < 1:
+            raise ExperimentError("analysis: n_examples ≥ 2 and batch_size ≥ 1 are required")
 
 
 @dataclass(frozen=True)
@@ -117,6 +140,7 @@ class Cell:
 class GridConfig:
     experiment: ExperimentConfig
     transfer: TransferSpec
+    analysis: AnalysisSpec | None = None
 
     @property
     def name(self) -> str:
@@ -178,10 +202,12 @@ class GridConfig:
                             lang_segment=segment,
                         )
                         for task in tasks
-                        if get_task(task, "en").spec.kind == "classification"
                         for src in exp.langs
                         for tgt in exp.langs
-                        if src != tgt and self._present(task, src) and self._present(task, tgt)
+                        if src != tgt
+                        and self._present(task, src)
+                        and self._present(task, tgt)
+                        and _same_labels(task, src, tgt)
                         for segment in ("source", "target")
                     ]
         return out
@@ -249,6 +275,13 @@ class GridConfig:
         )
 
 
+def _same_labels(task: str, a: str, b: str) -> bool:
+    """Zero-shot across languages answers with the source's label words, which needs the same
+    label set (the thesis leaves out TC, whose topics differ, and the generation tasks)."""
+    va, vb = get_task(task, a), get_task(task, b)
+    return va.spec.kind == "classification" and set(va.labels) == set(vb.labels)
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """``"i/n"`` → (i, n) with 0 ≤ i < n."""
     try:
@@ -276,12 +309,21 @@ def load_grid(path: str | Path) -> GridConfig:
         raise ExperimentError(
             f"{path}: unknown transfer option(s) {sorted(unknown)}; valid: {sorted(known)}"
         )
+    analysis_block = data.pop("analysis", None)
     exp = experiment_from_mapping(data, path)
     try:
         spec = TransferSpec(**block)
     except (TypeError, ValueError) as exc:
         raise ExperimentError(f"{path}: transfer: {exc}") from None
-    grid = GridConfig(exp, spec)
+    analysis = None
+    if analysis_block is not None:
+        if not isinstance(analysis_block, Mapping):
+            raise ExperimentError(f"{path}: analysis must be a mapping")
+        try:
+            analysis = AnalysisSpec(**analysis_block)
+        except TypeError as exc:
+            raise ExperimentError(f"{path}: analysis: {exc}") from None
+    grid = GridConfig(exp, spec, analysis)
     for name in ("sources", "targets"):
         bad = set(getattr(spec, name) or ()) - set(exp.tasks)
         if bad:
@@ -372,6 +414,7 @@ class _Runner:
                 else None
             )
             cfg = grid.run_config(cell.task, cell.lang, cell.method, cell.seed)
+            cfg = dataclasses.replace(cfg, baseline=grid.transfer.evaluate_init)
             moved = transfer_run(
                 source,
                 cfg,
@@ -426,6 +469,68 @@ class _Runner:
         self.log(f"    {time.perf_counter() - started:.0f}s")
 
 
+def _analyse(
+    grid: GridConfig,
+    spec: AnalysisSpec,
+    db: ResultsDB,
+    runner: _Runner,
+    progress: bool,
+    log: Callable[[str], Any],
+) -> None:
+    """Analyse the grid's prompts (once: recorded under the grid's analysis key)."""
+    from promptatlas.analysis import suite
+    from promptatlas.experiments import load_experiment, run_experiment
+
+    key = f"{grid.name}/{grid.experiment.model}/analysis"
+    atlas = grid.out / "atlas"
+    compression = grid.out / "compression.yaml"
+    if not db.has(key):
+        started = time.perf_counter()
+        log(f"[{grid.name}] analysing the prompts into {atlas}")
+        _, entries = suite.load_bank(
+            [p for p in (grid.out / "bank", grid.out / "transfer") if p.exists()], runner.handle
+        )
+        cfg = suite.AnalysisConfig(
+            n_examples=spec.n_examples,
+            batch_size=spec.batch_size,
+            n_tokens=spec.n_tokens,
+            data_dir=grid.experiment.data_dir,
+            precision=grid.experiment.precision,
+        )
+        handle = runner.handle
+        suite.analyze_attention(entries, handle, atlas / "attention", cfg, log=log)
+        suite.analyze_neurons(entries, handle, atlas / "neurons", log=log)
+        suite.analyze_geometry(entries, handle, atlas / "geometry", cfg, log=log)
+        suite.analyze_pca(entries, atlas / "pca", log=log)
+        overrides = {
+            "name": f"{grid.name}-compression",
+            "out": str(grid.out / "compression"),
+            "precision": grid.experiment.precision,
+            "format": dict(grid.experiment.format),
+            "eval": dict(grid.experiment.eval),
+            "test_limit": grid.experiment.test_limit,
+            **dict(spec.compression or {}),
+        }
+        suite.select_compression_layers(
+            atlas / "attention", compression, experiment=overrides, log=log
+        )
+        db.record(
+            kind="grid-analysis",
+            model=grid.experiment.model,
+            task=None,
+            lang=None,
+            method=None,
+            split=None,
+            metrics={"seconds": time.perf_counter() - started, "prompts": len(entries)},
+            config={"grid": grid.name, "analysis": dataclasses.asdict(spec)},
+            prompt_dir=str(atlas),
+            key=key,
+        )
+    if spec.compression is not None:
+        log(f"[{grid.name}] compression study (thesis Table 3): {compression}")
+        run_experiment(load_experiment(compression), db=db, progress=progress, log=log)
+
+
 def run_grid(
     grid: GridConfig,
     *,
@@ -458,6 +563,11 @@ def run_grid(
 
             written = write_transfer_report(grid, db)
             log(f"[{grid.name}] report: {', '.join(str(p) for p in written)}")
+        if grid.analysis is not None:
+            if all(runner.done(c) for c in cells):
+                _analyse(grid, grid.analysis, db, runner, progress, log)
+            else:
+                log(f"[{grid.name}] analysis waits until every shard's cells are done")
         log(f"[{grid.name}] {runner.trained} cells run in {time.perf_counter() - started:.0f}s")
         return runner.trained
     finally:

@@ -202,6 +202,7 @@ def train_language_prompt(
     prompt.initialise(handle, generator=torch.Generator().manual_seed(cfg.train.seed))
     prompt = prompt.to(handle.device)
     plm = PromptedLM(handle, prompt, autocast_dtype=_autocast(cfg.precision))
+    plm.head_autocast = True  # every token is a target: the LM head dominates (see logits)
     batch = max(cfg.train.batch_size, 8)
     before = lm_loss(plm, formatter, held, batch) if held else None
     result = train_prompt(

@@ -1,0 +1,157 @@
+"""The analysis suite end to end on a tiny grid's prompts: every analysis writes its figures,
+tables and summary; numbers in the tables agree with the statistics computed directly; the
+layer-selection config is a valid experiment; CLI errors are one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from promptatlas.analysis import suite
+from promptatlas.analysis.attention import attention_change
+from promptatlas.analysis.capture import context_batches
+from promptatlas.bank import ResultsDB
+from promptatlas.cli import main
+from promptatlas.experiments import load_experiment
+from promptatlas.formatting import TaskFormatter
+from promptatlas.transfer import load_grid, run_grid
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny transfer grid (v1 and v2, SA/NLI × EN/KO) with its analysis block."""
+    tmp = tmp_path_factory.mktemp("grid")
+    data = {
+        "name": "g",
+        "model": "tiny-llama",
+        "out": str(tmp / "out"),
+        "tasks": ["sa", "nli"],
+        "langs": ["en", "ko"],
+        "seeds": [1],
+        "methods": {"v1": {"method": "v1"}, "v2": {"method": "v2"}},
+        "train": {
+            "steps": 3,
+            "batch_size": 4,
+            "lr": 0.1,
+            "warmup": 0.0,
+            "eval_every": 1,
+            "dev_limit": 4,
+        },
+        "format": {"max_length": 24},
+        "train_limit": 12,
+        "dev_limit": 4,
+        "test_limit": 4,
+        "transfer": {
+            "lang_length": 2,
+            "task_length": 2,
+            "language": {"steps": 2, "batch_size": 4},
+            "text_limit": 40,
+            "max_length": 24,
+            "zero_shot": False,
+        },
+        "analysis": {
+            "n_examples": 6,
+            "batch_size": 4,
+            "compression": {
+                "tasks": ["sa"],
+                "langs": ["en"],
+                "train": {"steps": 2},
+                "test_limit": 4,
+                "train_limit": 8,
+            },
+        },
+    }
+    path = tmp / "g.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with ResultsDB(tmp / "db.sqlite") as db:
+        run_grid(load_grid(path), db=db, progress=False, log=lambda _: None)
+    return tmp / "out"
+
+
+def test_grid_analysis_writes_every_figure(tiny_grid: Path) -> None:
+    atlas = tiny_grid / "atlas"
+    for name in (
+        "attention/kl_per_layer.png",
+        "attention/kl_heads.png",
+        "attention/variability_sa-en.png",
+        "attention/kl_per_layer_after_task_transfer.png",
+        "attention/kl_per_layer_after_language_transfer.png",
+        "attention/layer_selection.png",
+        "neurons/on_scores_v1.png",
+        "neurons/on_scores_v2.png",
+        "neurons/on_transfer.png",
+        "pca/pca_v1.png",
+        "pca/pca_v2.png",
+    ):
+        assert (atlas / name).read_bytes()[:8] == PNG, name
+    assert len(list((atlas / "geometry" / "isotropy").glob("*.png"))) == 24  # 8 + 16 moved
+    assert len(list((atlas / "geometry" / "label_space").glob("*.png"))) == 24
+    for folder in ("attention", "neurons", "geometry", "pca"):
+        assert (atlas / folder / "summary.txt").read_text().strip()
+    # The compression study ran: v1, v2, v2 on peak layers, v2 on trough layers (Table 3).
+    with open(tiny_grid / "compression" / "results.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["method"] for r in rows) == ["v1", "v2", "v2-peak", "v2-trough"]
+
+
+def test_kl_table_matches_direct_computation(tiny_grid: Path) -> None:
+    handle, entries = suite.load_bank([tiny_grid / "bank"])
+    entry = next(e for e in entries if e.name == "sa-en-v2-s1")
+    fmt = TaskFormatter(handle.tokenizer, entry.variant(), entry.format)
+    examples = suite._Inputs(suite.AnalysisConfig(n_examples=6)).examples("sa", "en")
+    direct = attention_change(handle, entry.prompt, context_batches(fmt, examples, batch_size=4))
+    data = json.loads((tiny_grid / "atlas" / "attention" / "attention.json").read_text())
+    table = torch.tensor(data["kl_per_layer"]["sa-en-v2-s1"])
+    assert torch.allclose(table, direct.per_layer.float(), atol=1e-6)
+    assert (table > 0).all()  # a trained prompt changes attention in every layer
+
+
+def test_layer_selection_config_is_an_experiment(tiny_grid: Path) -> None:
+    layers = json.loads((tiny_grid / "atlas" / "attention" / "layers.json").read_text())
+    sel = layers["selection"]
+    exp = load_experiment(tiny_grid / "compression.yaml")
+    assert exp.methods["v2-peak"].layers == tuple(sel["peak"])
+    assert exp.methods["v2-trough"].layers == tuple(sel["trough"])
+    assert 0 in sel["peak"] and 0 in sel["trough"]  # the first layer is always kept
+
+
+def test_on_transfer_table(tiny_grid: Path) -> None:
+    data = json.loads((tiny_grid / "atlas" / "neurons" / "neurons.json").read_text())
+    assert {t["kind"] for t in data["transfer"]} == {"task", "language"}
+    for method in ("v1", "v2"):
+        curve = data["methods"][method]["mean_binary_per_layer"]
+        assert all(0.0 <= v <= 1.0 for v in curve)
+
+
+def test_analyze_cli(tiny_grid: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pca"
+    assert main(["analyze", "pca", "--prompts", str(tiny_grid / "bank"), "--out", str(out)]) == 0
+    assert (out / "pca_v2.png").read_bytes()[:8] == PNG
+    code = main(
+        ["analyze", "layers", "--from", str(tmp_path / "none"), "--out", str(tmp_path / "c.yaml")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "run `promptatlas analyze attention" in err and "Traceback" not in err
+    code = main(["analyze", "neurons", "--prompts", str(tmp_path / "missing"), "--out", str(out)])
+    assert code == 2 and "neither a prompt directory nor a folder" in capsys.readouterr().err
+
+
+def test_bank_of_two_models_is_refused(
+    tiny_grid: Path, tmp_path: Path, tiny_handles: dict[str, Any]
+) -> None:
+    from promptatlas.bank import save_prompt
+    from promptatlas.prompts import PromptConfig, SoftPrompt
+
+    other = tiny_handles["tiny-gpt2"]
+    p = SoftPrompt(PromptConfig(length=2), other.geometry)
+    save_prompt(tmp_path / "gpt2-prompt", p, other, task="sa", lang="en")
+    with pytest.raises(ValueError, match="several models"):
+        suite.load_bank([tiny_grid / "bank", tmp_path / "gpt2-prompt"])
