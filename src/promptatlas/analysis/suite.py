@@ -529,11 +529,19 @@ def _argmin(values: Sequence[float]) -> int:
     return min(range(len(values)), key=lambda i: values[i])
 
 
-def _thirds(curve: Sequence[float]) -> str:
+def _thirds(curve: Sequence[float], fmt: str = ".3f") -> str:
     """Means of the lower, middle and upper third of a per-layer curve."""
     n = len(curve)
     parts = (curve[: n // 3], curve[n // 3 : 2 * n // 3], curve[2 * n // 3 :])
-    return " / ".join(f"{_mean(p):.3f}" for p in parts)
+    return " / ".join(format(_mean(p), fmt) for p in parts)
+
+
+def _mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
+    return [_mean(list(v)) for v in zip(*curves, strict=True)]
+
+
+def _gap(d: Mapping[str, Sequence[float]]) -> list[float]:
+    return [g - n for g, n in zip(d["gold"], d["non_gold"], strict=True)]
 
 
 # -- neurons ---------------------------------------------------------------------------------
@@ -730,17 +738,32 @@ def analyze_geometry(
     lines = [
         f"Geometry of {len(tasks)} prompts on {handle.name} (hidden-state index 0 = embeddings)."
     ]
-    for name, runs_ in data["label_space"].items():
-        for run, d in runs_.items():
-            gap = [g - n for g, n in zip(d["gold"], d["non_gold"], strict=True)]
-            half = len(gap) // 2
+    lines.append("Per-layer curves summarised as means of the lower / middle / upper third:")
+    plain = {e.name: e for e in tasks if not e.transfer}
+    for method in sorted({e.method for e in plain.values()}):
+        names = [n for n, e in plain.items() if e.method == method]
+        for run in ("base", "prompted"):
+            rnd = _mean_curve([data["isotropy"][n][run]["random"] for n in names])
+            dec = _mean_curve([data["isotropy"][n][run]["decoding"] for n in names])
             lines.append(
-                f"label gap {name} [{run}]: lower half {_mean(gap[:half]):+.4f}, upper half "
-                f"{_mean(gap[half:]):+.4f}, last {gap[-1]:+.4f}"
+                f"{method} {run}: isotropy (random pairs) {_thirds(rnd)}; decoding vs random "
+                f"{_thirds(dec)}"
             )
-    for name, runs_ in data["isotropy"].items():
-        parts = ", ".join(f"{run} {_mean(d['random']):.3f}" for run, d in runs_.items())
-        lines.append(f"isotropy (mean random-pair cosine over layers) {name}: {parts}")
+            gaps = [_gap(data["label_space"][n][run]) for n in names if n in data["label_space"]]
+            if gaps:
+                lines.append(
+                    f"{method} {run}: label gap gold − non-gold "
+                    f"{_thirds(_mean_curve(gaps), '+.4f')}"
+                )
+    moved = [n for n in data["label_space"] if "after transfer" in data["label_space"][n]]
+    if moved:
+        after = [_gap(data["label_space"][n]["after transfer"])[-1] for n in moved]
+        before = [_gap(data["label_space"][n]["before transfer"])[-1] for n in moved]
+        wider = sum(a > b for a, b in zip(after, before, strict=True))
+        lines.append(
+            f"transfer: last-layer label gap after > before in {wider} of {len(moved)} "
+            f"transferred prompts (mean {_mean(after):+.4f} vs {_mean(before):+.4f})"
+        )
     written.append(_summary(out / "summary.txt", lines))
     log(f"  geometry: {len(written)} files in {out}")
     return data
