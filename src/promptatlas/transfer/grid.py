@@ -509,6 +509,16 @@ def _analyse(
             "format": dict(grid.experiment.format),
             "eval": dict(grid.experiment.eval),
             "test_limit": grid.experiment.test_limit,
+            # The grid's learning rates: v2 on a layer subset is trained like full v2.
+            "train_by_method": {
+                name: dict(grid.experiment.train_by_method.get(base, {}))
+                for name, base in (
+                    ("v1", "v1"),
+                    ("v2", "v2"),
+                    ("v2-peak", "v2"),
+                    ("v2-trough", "v2"),
+                )
+            },
             **dict(spec.compression or {}),
         }
         suite.select_compression_layers(
