@@ -361,3 +361,24 @@ def test_grid_file_errors_are_named(tmp_path: Path) -> None:
     assert parse_shard("1/4") == (1, 4)
     with pytest.raises(ValueError, match="0 ≤ i < n"):
         parse_shard("4/4")
+
+
+def test_task_prompts_of_one_study_start_apart(
+    tiny_handles: dict[str, Any], tmp_path: Path
+) -> None:
+    from promptatlas.formatting import TaskFormatter
+    from promptatlas.workflows import build_prompt, init_seed
+
+    handle = tiny_handles["tiny-gpt2"]
+    lang = _lang_prompt(handle, tmp_path, "en", steps=1)
+
+    def start(task: str) -> dict[str, torch.Tensor]:
+        cfg = _run_cfg(handle, task, "en", lang)
+        fmt = TaskFormatter(handle.tokenizer, get_task(task, "en"), cfg.format)
+        return build_prompt(cfg, handle, fmt).state_tensors()
+
+    sa, nli = start("sa"), start("nli")
+    assert torch.equal(sa[LANG_SEGMENT], nli[LANG_SEGMENT])  # the shared language segment
+    assert not torch.equal(sa[TASK_SEGMENT], nli[TASK_SEGMENT])  # tasks start apart
+    assert torch.equal(start("sa")[TASK_SEGMENT], sa[TASK_SEGMENT])  # and deterministically
+    assert init_seed(42, "sa", "en") == init_seed(42, "sa", "en") != init_seed(42, "sa", "ko")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,14 @@ from promptatlas.prompts import PromptConfig, PromptedLM, SoftPrompt
 from promptatlas.tasks import Example, get_task, load_split
 from promptatlas.training import TrainConfig, train_prompt
 
-__all__ = ["RunConfig", "RunResult", "evaluate_stored", "load_examples", "train_run"]
+__all__ = [
+    "RunConfig",
+    "RunResult",
+    "evaluate_stored",
+    "init_seed",
+    "load_examples",
+    "train_run",
+]
 
 
 def _sub(cls: Any, value: Any) -> Any:
@@ -125,9 +133,18 @@ def _label_ids(formatter: TaskFormatter) -> list[int] | None:
     return [i for ids in formatter.label_token_ids().values() for i in ids]
 
 
+def init_seed(seed: int, task: str, lang: str) -> int:
+    """The seed of a task prompt's initialisation: the run seed offset by the task and language,
+    so that the prompts of one study (and a transfer's source and target) do not all start from
+    the same random tensor. Deterministic across processes (CRC32, not ``hash``)."""
+    return seed * 100_003 + zlib.crc32(f"{task}-{lang}".encode()) % 100_003
+
+
 def build_prompt(cfg: RunConfig, handle: ModelHandle, formatter: TaskFormatter) -> SoftPrompt:
-    """A freshly initialised prompt; deterministic in ``cfg.train.seed``. With
-    ``cfg.lang_prompt``: the frozen language segment + a fresh task segment."""
+    """A freshly initialised prompt; deterministic in ``cfg.train.seed``, task and language
+    (:func:`init_seed`). With ``cfg.lang_prompt``: the frozen language segment + a fresh task
+    segment."""
+    seed = init_seed(cfg.train.seed, cfg.task, cfg.lang)
     if cfg.lang_prompt is not None:
         from promptatlas.prompts.config import PromptConfigError
         from promptatlas.transfer.subprompts import task_prompt_from_language
@@ -135,7 +152,7 @@ def build_prompt(cfg: RunConfig, handle: ModelHandle, formatter: TaskFormatter) 
         factorised = task_prompt_from_language(
             cfg.lang_prompt,
             handle,
-            seed=cfg.train.seed,
+            seed=seed,
             init=cfg.prompt.init,
             label_token_ids=_label_ids(formatter),
         )
@@ -149,7 +166,7 @@ def build_prompt(cfg: RunConfig, handle: ModelHandle, formatter: TaskFormatter) 
     prompt = SoftPrompt(cfg.prompt, handle.geometry)
     prompt.initialise(
         handle,
-        generator=torch.Generator().manual_seed(cfg.train.seed),
+        generator=torch.Generator().manual_seed(seed),
         label_token_ids=_label_ids(formatter),
     )
     return prompt.to(handle.device)
