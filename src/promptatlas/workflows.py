@@ -30,6 +30,7 @@ from promptatlas.evaluation.evaluate import EvalConfig, EvalResult, evaluate
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
 from promptatlas.prompts import PromptConfig, PromptedLM, SoftPrompt
+from promptatlas.prompts.injection import autocast_dtype
 from promptatlas.tasks import Example, get_task, load_split
 from promptatlas.training import TrainConfig, train_prompt
 
@@ -172,10 +173,6 @@ def build_prompt(cfg: RunConfig, handle: ModelHandle, formatter: TaskFormatter) 
     return prompt.to(handle.device)
 
 
-def _autocast(precision: str) -> torch.dtype | None:
-    return torch.bfloat16 if precision == "bf16" else None
-
-
 def _summary(result: EvalResult) -> dict[str, Any]:
     return {**result.metrics, "n": result.n, "mode": result.mode}
 
@@ -204,7 +201,7 @@ def train_run(
     dev = load_examples(cfg, "dev") if cfg.train.eval_every else None
     test = load_examples(cfg, "test")
     prompt = build_prompt(cfg, handle, formatter) if prompt is None else prompt
-    plm = PromptedLM(handle, prompt, autocast_dtype=_autocast(cfg.precision))
+    plm = PromptedLM(handle, prompt, autocast_dtype=autocast_dtype(cfg.precision))
     untrained = evaluate(plm, formatter, test, cfg.eval) if cfg.baseline else None
     result = train_prompt(
         plm,
@@ -294,7 +291,9 @@ def evaluate_stored(
     formatter = TaskFormatter(handle.tokenizer, variant, fmt)
     examples = load_split(task_name, lang_name, split, data_dir=data_dir, limit=limit)  # type: ignore[arg-type]
     precision = meta.config.get("precision", "fp32") if isinstance(meta.config, dict) else "fp32"
-    plm = PromptedLM(handle, stored.prompt.to(handle.device), autocast_dtype=_autocast(precision))
+    plm = PromptedLM(
+        handle, stored.prompt.to(handle.device), autocast_dtype=autocast_dtype(precision)
+    )
     result = evaluate(plm, formatter, examples, eval_config)
     if save and task_name == meta.task and lang_name == meta.lang:
         update_metrics(prompt_dir, {split: _summary(result)})

@@ -18,8 +18,6 @@ Analyses never train anything and read prompts only through the bank.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import zlib
@@ -32,7 +30,13 @@ from typing import Any
 import torch
 import yaml
 
-from promptatlas.bank import PromptMetadata, list_prompts, load_prompt, write_text_atomic
+from promptatlas.bank import (
+    PromptMetadata,
+    list_prompts,
+    load_prompt,
+    write_csv_atomic,
+    write_text_atomic,
+)
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.models import ModelHandle, load_model
 from promptatlas.prompts import SoftPrompt
@@ -172,14 +176,7 @@ def _task_entries(entries: Sequence[BankEntry]) -> list[BankEntry]:
 
 # -- writing helpers -------------------------------------------------------------------------
 def _csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow([_cell(v) for v in row])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, buffer.getvalue())
-    return path
+    return write_csv_atomic(path, header, ([_cell(v) for v in row] for row in rows))
 
 
 def _cell(value: Any) -> Any:
@@ -259,9 +256,9 @@ class _Inputs:
 
 def _plm(handle: ModelHandle, prompt: SoftPrompt | None, cfg: AnalysisConfig) -> Any:
     from promptatlas.prompts import PromptedLM
+    from promptatlas.prompts.injection import autocast_dtype
 
-    dtype = torch.bfloat16 if cfg.precision == "bf16" else None
-    return PromptedLM(handle, prompt, autocast_dtype=dtype)
+    return PromptedLM(handle, prompt, autocast_dtype=autocast_dtype(cfg.precision))
 
 
 def _group_name(entry: BankEntry) -> str:

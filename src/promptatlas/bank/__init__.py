@@ -29,6 +29,7 @@ from promptatlas.bank.store import (
     save_prompt,
     update_metrics,
     versions,
+    write_csv_atomic,
     write_text_atomic,
 )
 
@@ -57,5 +58,6 @@ __all__ = [
     "save_prompt",
     "update_metrics",
     "versions",
+    "write_csv_atomic",
     "write_text_atomic",
 ]

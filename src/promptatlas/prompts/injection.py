@@ -22,7 +22,12 @@ from torch import nn
 from promptatlas.models.registry import ModelHandle
 from promptatlas.prompts.soft_prompt import SoftPrompt
 
-__all__ = ["PromptedForward", "PromptedLM", "token_key_values"]
+__all__ = ["PromptedForward", "PromptedLM", "autocast_dtype", "token_key_values"]
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The ``PromptedLM`` autocast dtype for a config's precision ("fp32" → None, "bf16")."""
+    return torch.bfloat16 if precision == "bf16" else None
 
 
 @dataclass

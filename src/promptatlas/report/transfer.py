@@ -20,15 +20,14 @@ Scores are means over seeds.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from promptatlas.bank import ResultsDB, RunRecord, write_text_atomic
+from promptatlas.bank import ResultsDB, RunRecord
+from promptatlas.bank import write_csv_atomic as _write_csv
 
 if TYPE_CHECKING:
     from promptatlas.transfer.grid import GridConfig
@@ -82,15 +81,6 @@ def _by(rows: Sequence[dict[str, Any]], *keys: str, value: str = "score") -> dic
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2f}"
-
-
-def _write_csv(path: Path, header: Sequence[str], body: Sequence[Sequence[Any]]) -> Path:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(body)
-    write_text_atomic(path, buffer.getvalue())
-    return path
 
 
 def _pair(src: str, tgt: str) -> str:

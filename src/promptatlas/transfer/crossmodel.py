@@ -29,6 +29,7 @@ from promptatlas.evaluation.evaluate import EvalConfig, evaluate
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.models import ModelHandle, load_model
 from promptatlas.prompts import PromptedLM
+from promptatlas.prompts.injection import autocast_dtype
 from promptatlas.tasks import get_task, load_split
 from promptatlas.training import TrainConfig
 from promptatlas.transfer.projector import (
@@ -104,7 +105,7 @@ def project_across_models(
     out = Path(out)
     source_handle = source_handle or load_model(cfg.source_model, device=cfg.device)
     target_handle = target_handle or load_model(cfg.target_model, device=cfg.device)
-    autocast = torch.bfloat16 if cfg.precision == "bf16" else None
+    autocast = autocast_dtype(cfg.precision)
     stored = load_prompt(cfg.source_prompt, source_handle)
     meta = stored.meta
     if meta.task is None or meta.lang is None:

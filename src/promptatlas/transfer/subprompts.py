@@ -29,6 +29,7 @@ from promptatlas.formatting import TextLMFormatter, collate
 from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
 from promptatlas.prompts import PromptConfig, PromptedLM, SegmentConfig, SoftPrompt
 from promptatlas.prompts.config import PromptConfigError
+from promptatlas.prompts.injection import autocast_dtype
 from promptatlas.tasks import Example
 from promptatlas.tasks.rawtext import load_raw_text, pack_lines
 from promptatlas.training import TrainConfig, train_prompt
@@ -169,10 +170,6 @@ def lm_loss(plm: PromptedLM, formatter: TextLMFormatter, texts: Sequence[str], b
     return total / max(count, 1)
 
 
-def _autocast(precision: str) -> torch.dtype | None:
-    return torch.bfloat16 if precision == "bf16" else None
-
-
 def train_language_prompt(
     cfg: LanguagePromptConfig,
     out: str | Path,
@@ -201,7 +198,7 @@ def train_language_prompt(
         raise ValueError("a language prompt has no label words: use init 'uniform' or 'vocab'")
     prompt.initialise(handle, generator=torch.Generator().manual_seed(cfg.train.seed))
     prompt = prompt.to(handle.device)
-    plm = PromptedLM(handle, prompt, autocast_dtype=_autocast(cfg.precision))
+    plm = PromptedLM(handle, prompt, autocast_dtype=autocast_dtype(cfg.precision))
     plm.head_autocast = True  # every token is a target: the LM head dominates (see logits)
     batch = max(cfg.train.batch_size, 8)
     before = lm_loss(plm, formatter, held, batch) if held else None

@@ -33,6 +33,7 @@ from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.models import ModelHandle, load_model
 from promptatlas.prompts import PromptedLM, SoftPrompt
 from promptatlas.prompts.config import PromptConfigError
+from promptatlas.prompts.injection import autocast_dtype
 from promptatlas.tasks import TaskVariant, get_task, load_split
 from promptatlas.transfer.subprompts import (
     LANG_SEGMENT,
@@ -301,7 +302,7 @@ def zero_shot(
     plm = PromptedLM(
         handle,
         prompt.to(handle.device),
-        autocast_dtype=torch.bfloat16 if precision == "bf16" else None,
+        autocast_dtype=autocast_dtype(precision),
     )
     result = evaluate(plm, formatter, examples, eval_config)
     used = "source" if variant.verbalizers is source.verbalizers else "target"
