@@ -303,30 +303,34 @@ def _summary(path: Path, lines: Sequence[str]) -> Path:
     return path
 
 
-def _baseline_of(entry: BankEntry, entries: Sequence[BankEntry]) -> BankEntry | None:
-    """The prompt trained from scratch on the same task, language and method."""
+def _plain_task_prompt(
+    entries: Sequence[BankEntry],
+    task: str | None,
+    lang: str | None,
+    method: str,
+    exclude: BankEntry | None = None,
+) -> BankEntry | None:
+    """The task prompt trained from scratch (no transfer) for this task, language and method."""
     for other in entries:
         if (
-            other is not entry
+            other is not exclude
             and not other.transfer
             and other.kind == "task"
-            and (other.task, other.lang, other.method) == (entry.task, entry.lang, entry.method)
+            and (other.task, other.lang, other.method) == (task, lang, method)
         ):
             return other
     return None
+
+
+def _baseline_of(entry: BankEntry, entries: Sequence[BankEntry]) -> BankEntry | None:
+    """The prompt trained from scratch on the same task, language and method."""
+    return _plain_task_prompt(entries, entry.task, entry.lang, entry.method, exclude=entry)
 
 
 def _source_of(entry: BankEntry, entries: Sequence[BankEntry]) -> BankEntry | None:
-    source = entry.transfer.get("source")
-    for other in entries:
-        if (
-            not other.transfer
-            and f"{other.task}-{other.lang}" == source
-            and other.method == entry.method
-            and other.kind == "task"
-        ):
-            return other
-    return None
+    """The prompt a transferred prompt started from (its ``transfer.source`` "task-lang")."""
+    task, _, lang = str(entry.transfer.get("source", "")).rpartition("-")
+    return _plain_task_prompt(entries, task or None, lang or None, entry.method)
 
 
 # -- attention -------------------------------------------------------------------------------
