@@ -343,6 +343,18 @@ def _style_handles(
     return handles
 
 
+def _run_legend(colours: Mapping[str, str], kind: str, solid: str, dashed: str) -> list[Any]:
+    """Legend entries: one colour per model run, then what the solid and dashed lines are."""
+    handles: list[Any] = [_header("model run")]
+    handles += [_proxy(color=c, linewidth=2, label=run) for run, c in colours.items()]
+    return [
+        *handles,
+        _header(kind),
+        _proxy(color="0.35", marker="o", markersize=3, label=solid),
+        _proxy(color="0.35", linestyle="--", label=dashed),
+    ]
+
+
 def _legend_right(ax: Axes, handles: Sequence[Any], **kw: Any) -> None:
     ax.legend(
         handles=list(handles),
@@ -1014,14 +1026,7 @@ def plot_isotropy(
     draw(top, mean_r, mean_d)
     top.set_ylabel("mean cosine similarity")
     _hidden_axis(top, layers)
-    handles: list[Any] = [_header("model run")]
-    handles += [_proxy(color=c, linewidth=2, label=run) for run, c in colours.items()]
-    handles += [
-        _header("pairs"),
-        _proxy(color="0.35", marker="o", markersize=3, label="random – random"),
-        _proxy(color="0.35", linestyle="--", label="decoding – random"),
-    ]
-    _legend_right(top, handles)
+    _legend_right(top, _run_legend(colours, "pairs", "random – random", "decoding – random"))
     for ax, (name, r) in zip(small, named.items(), strict=False):
         rand, dec = curves(r)
         draw(
@@ -1079,14 +1084,7 @@ def plot_label_space(
     gaps.set_ylabel("gold − non-gold")
     gaps.set_title("gap", fontsize=10, loc="left")
     gaps.axhline(0, color="0.4", linewidth=0.8)
-    handles: list[Any] = [_header("model run")]
-    handles += [_proxy(color=c, linewidth=2, label=run) for run, c in colours.items()]
-    handles += [
-        _header("label word"),
-        _proxy(color="0.35", marker="o", markersize=3, label="gold"),
-        _proxy(color="0.35", linestyle="--", label="non-gold"),
-    ]
-    _legend_right(gaps, handles)
+    _legend_right(gaps, _run_legend(colours, "label word", "gold", "non-gold"))
     for ax in (sims, gaps):
         ax.grid(alpha=0.3)
         _hidden_axis(ax, layers)
