@@ -118,3 +118,14 @@ def test_runs_merge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         capsys, "runs", "--merge", str(tmp_path / "none.sqlite"), "--db", str(tmp_path / "b.sqlite")
     )
     assert code == 2 and "does not exist" in err
+
+
+def test_lang_prompt_without_heldout_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, text, err = _run(
+        capsys, "lang-prompt", "--model", "tiny-gpt2", "--lang", "en", "--steps", "1",
+        "--text-limit", "3", "--max-length", "24", "--out", str(tmp_path / "l"), "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "no held-out text" in text and (tmp_path / "l" / "prompt.json").exists()

@@ -458,8 +458,7 @@ def _cmd_lang_prompt(args: argparse.Namespace) -> int:
     with ResultsDB(args.db) as db:
         result = train_language_prompt(cfg, args.out, db=db, progress=not args.quiet)
     print(
-        f"language prompt {args.lang} ({args.method}): held-out LM loss "
-        f"{result.heldout_loss_before:.3f} → {result.heldout_loss_after:.3f} after "
+        f"language prompt {args.lang} ({args.method}): {result.describe()} after "
         f"{result.steps} steps; saved {result.path}"
     )
     return 0

@@ -386,10 +386,7 @@ class _Runner:
                 "heldout_loss": res.heldout_loss_after,
             }
             score = -res.heldout_loss_after if res.heldout_loss_after is not None else None
-            self.log(
-                f"    held-out LM loss {res.heldout_loss_before:.3f} → "
-                f"{res.heldout_loss_after:.3f} ({res.steps} steps)"
-            )
+            self.log(f"    {res.describe()} ({res.steps} steps)")
         elif cell.kind == "base":
             assert cell.task is not None
             cfg = grid.run_config(cell.task, cell.lang, cell.method, cell.seed)

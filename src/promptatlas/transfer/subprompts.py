@@ -155,6 +155,12 @@ class LanguagePromptResult:
     seconds: float
     n_sequences: int
 
+    def describe(self) -> str:
+        """The held-out LM loss before → after, or why there is none."""
+        if self.heldout_loss_before is None or self.heldout_loss_after is None:
+            return f"no held-out text ({self.n_sequences} sequences; raise the text or heldout)"
+        return f"held-out LM loss {self.heldout_loss_before:.3f} → {self.heldout_loss_after:.3f}"
+
 
 @torch.no_grad()
 def lm_loss(plm: PromptedLM, formatter: TextLMFormatter, texts: Sequence[str], batch: int) -> float:
