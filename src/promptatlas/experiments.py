@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from promptatlas.bank import ResultsDB, read_metadata, write_text_atomic
+from promptatlas.configtools import ConfigError, check_fields, from_dict
 from promptatlas.evaluation.evaluate import EvalConfig
 from promptatlas.formatting import FormatConfig
 from promptatlas.models import DEFAULT_MODEL, load_model
@@ -113,9 +114,11 @@ class ExperimentConfig:
             lang=lang,
             model=self.model,
             prompt=self.methods[method],
-            train=TrainConfig(**train),
-            eval=EvalConfig(**self.eval),
-            format=FormatConfig(**{**self.format, **self.format_by_task.get(task, {})}),
+            train=from_dict(TrainConfig, train, path="train"),
+            eval=from_dict(EvalConfig, self.eval, path="eval"),
+            format=from_dict(
+                FormatConfig, {**self.format, **self.format_by_task.get(task, {})}, path="format"
+            ),
             data_dir=self.data_dir,
             train_limit=self.train_limit,
             dev_limit=self.dev_limit,
@@ -129,6 +132,10 @@ class ExperimentConfig:
 
     def prompt_dir(self, task: str, lang: str, method: str, seed: int) -> Path:
         return Path(self.out) / "bank" / f"{task}-{lang}-{method}-s{seed}"
+
+
+_EXPERIMENT_KEYS = {f.name for f in dataclasses.fields(ExperimentConfig)}
+_TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
@@ -152,25 +159,36 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 def experiment_from_mapping(data: Mapping[str, Any], path: Path) -> ExperimentConfig:
     """An :class:`ExperimentConfig` from parsed YAML (``path`` names the file in errors)."""
-    known = {f.name for f in dataclasses.fields(ExperimentConfig)}
-    unknown = set(data) - known
-    if unknown:
-        raise ExperimentError(f"{path}: unknown key(s) {sorted(unknown)}; valid: {sorted(known)}")
     try:
-        methods = {
-            str(name): PromptConfig.from_dict(opts or {})
-            for name, opts in (data.get("methods") or {}).items()
-        }
+        methods = data.get("methods") or {}
+        if isinstance(methods, Mapping):  # `v1:` with no options = the defaults
+            methods = {
+                name: PromptConfig.from_dict(opts or {}, path=f"methods.{name}")
+                for name, opts in methods.items()
+            }
+        defaults = {"name": str(data.get("name") or path.stem), "seeds": (42,)}
         data = {
             **data,
-            "name": str(data.get("name") or path.stem),
-            "tasks": tuple(data.get("tasks") or ()),
-            "langs": tuple(data.get("langs") or ()),
-            "seeds": tuple(data.get("seeds") or (42,)),
-            "skip": tuple(data.get("skip") or ()),
+            **{k: v for k, v in defaults.items() if data.get(k) is None},
+            **{k: () for k in ("tasks", "langs", "skip") if data.get(k) is None},
             "methods": methods,
         }
-        return ExperimentConfig(**data)
+        for key in data:
+            if key not in _EXPERIMENT_KEYS and key in _TRAIN_KEYS:
+                raise ConfigError(f"{key}: a training option; put it under train:")
+        fields = check_fields(ExperimentConfig, data)
+        # Each settings block is checked on its own, so errors name the block they are in.
+        blocks = {"train": TrainConfig, "eval": EvalConfig, "format": FormatConfig}
+        for block, cls in blocks.items():
+            check_fields(cls, fields.get(block, {}), path=block)
+        for block, cls in (
+            ("train_by_method", TrainConfig),
+            ("train_by_task", TrainConfig),
+            ("format_by_task", FormatConfig),
+        ):
+            for key, value in fields.get(block, {}).items():
+                check_fields(cls, value, path=f"{block}.{key}")
+        return ExperimentConfig(**fields)
     except (TypeError, ValueError) as exc:
         raise ExperimentError(f"{path}: {exc}") from None
 

@@ -27,6 +27,7 @@ from promptatlas.bank import (
     write_text_atomic,
 )
 from promptatlas.evaluation.evaluate import EvalConfig, EvalResult, evaluate
+from promptatlas.configtools import from_dict
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
 from promptatlas.prompts import PromptConfig, PromptedLM, SoftPrompt
@@ -44,20 +45,11 @@ __all__ = [
 ]
 
 
-def _sub(cls: Any, value: Any) -> Any:
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, Mapping):
-        if cls is PromptConfig:
-            return PromptConfig.from_dict(value)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(value) - known
-        if unknown:
-            raise ValueError(
-                f"unknown {cls.__name__} option(s) {sorted(unknown)}; valid: {sorted(known)}"
-            )
-        return cls(**value)
-    raise ValueError(f"expected a mapping for {cls.__name__}, got {type(value).__name__}")
+def _sub(cls: Any, value: Any, path: str) -> Any:
+    """A nested config given as a mapping (e.g. from YAML), checked strictly."""
+    if cls is PromptConfig and isinstance(value, Mapping):
+        return PromptConfig.from_dict(value, path=path)
+    return from_dict(cls, value, path=path)
 
 
 @dataclass(frozen=True)
@@ -90,7 +82,7 @@ class RunConfig:
             ("eval", EvalConfig),
             ("format", FormatConfig),
         ):
-            object.__setattr__(self, name, _sub(cls, getattr(self, name)))
+            object.__setattr__(self, name, _sub(cls, getattr(self, name), name))
         get_task(self.task, self.lang)  # fails early, listing valid names
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
@@ -106,11 +98,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown run option(s) {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**dict(data))
+        """A run config from a mapping; unknown keys and wrong types (also nested, e.g.
+        ``train.steps``) end in a :class:`~promptatlas.configtools.ConfigError`."""
+        return from_dict(cls, data)
 
 
 @dataclass

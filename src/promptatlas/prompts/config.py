@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from promptatlas.configtools import ConfigError, from_dict
 
 __all__ = ["Init", "Method", "PromptConfig", "PromptConfigError", "SegmentConfig"]
 
@@ -13,7 +15,7 @@ Init = Literal["uniform", "vocab", "labels"]
 KVMode = Literal["separate", "shared"]
 
 
-class PromptConfigError(ValueError):
+class PromptConfigError(ConfigError):
     """An invalid prompt configuration."""
 
 
@@ -114,18 +116,7 @@ class PromptConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PromptConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
-        if unknown:
-            raise PromptConfigError(
-                f"unknown prompt option(s) {sorted(unknown)}; valid: {sorted(known)}"
-            )
-        kwargs = dict(data)
-        if kwargs.get("layers") is not None:
-            kwargs["layers"] = tuple(kwargs["layers"])
-        segs: Sequence[Any] = kwargs.get("segments") or ()
-        kwargs["segments"] = tuple(
-            s if isinstance(s, SegmentConfig) else SegmentConfig(**s) for s in segs
-        )
-        return cls(**kwargs)
+    def from_dict(cls, data: Mapping[str, Any], *, path: str = "") -> PromptConfig:
+        """A config from a mapping (YAML, ``prompt.json``): unknown keys and wrong types end
+        in a :class:`PromptConfigError` naming the field (see :mod:`promptatlas.configtools`)."""
+        return from_dict(cls, data, path=path, error=PromptConfigError)

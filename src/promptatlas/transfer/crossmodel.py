@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from promptatlas.bank import ResultsDB, load_prompt, save_prompt
+from promptatlas.configtools import from_dict
 from promptatlas.evaluation.evaluate import EvalConfig, evaluate
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.models import ModelHandle, load_model
@@ -73,8 +74,7 @@ class ProjectConfig:
         object.__setattr__(self, "apply", tuple(str(p) for p in self.apply))
         if isinstance(self.projector, Mapping):
             object.__setattr__(self, "projector", ProjectorConfig.from_dict(self.projector))
-        if isinstance(self.train, Mapping):
-            object.__setattr__(self, "train", TrainConfig(**self.train))
+        object.__setattr__(self, "train", from_dict(TrainConfig, self.train, path="train"))
         if self.init_steps < 0:
             raise ValueError("init_steps must be ≥ 0")
         if self.precision not in ("fp32", "bf16"):

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from promptatlas.bank import ResultsDB
+from promptatlas.configtools import check_fields, from_dict
 from promptatlas.experiments import (
     ExperimentConfig,
     ExperimentError,
@@ -86,7 +87,9 @@ class TransferSpec:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
-        TrainConfig(**self.language)  # validate early
+        from_dict(TrainConfig, self.language, path="transfer.language")  # validate early
+        for method, options in self.language_by_method.items():
+            check_fields(TrainConfig, options, path=f"transfer.language_by_method.{method}")
 
 
 @dataclass(frozen=True)
@@ -266,7 +269,7 @@ class GridConfig:
             prompt=exp.methods[method],
             lang_length=spec.lang_length,
             task_length=spec.task_length,
-            train=TrainConfig(**train),
+            train=from_dict(TrainConfig, train, path="transfer.language"),
             text=spec.text.get(lang, ()),
             text_limit=spec.text_limit,
             max_length=spec.max_length,
@@ -303,26 +306,17 @@ def load_grid(path: str | Path) -> GridConfig:
             f"{path} has no 'transfer' block; it is a plain experiment file "
             "(run it with `promptatlas run`)"
         )
-    known = {f.name for f in dataclasses.fields(TransferSpec)}
-    unknown = set(block) - known
-    if unknown:
-        raise ExperimentError(
-            f"{path}: unknown transfer option(s) {sorted(unknown)}; valid: {sorted(known)}"
-        )
     analysis_block = data.pop("analysis", None)
     exp = experiment_from_mapping(data, path)
     try:
-        spec = TransferSpec(**block)
-    except (TypeError, ValueError) as exc:
-        raise ExperimentError(f"{path}: transfer: {exc}") from None
-    analysis = None
-    if analysis_block is not None:
-        if not isinstance(analysis_block, Mapping):
-            raise ExperimentError(f"{path}: analysis must be a mapping")
-        try:
-            analysis = AnalysisSpec(**analysis_block)
-        except TypeError as exc:
-            raise ExperimentError(f"{path}: analysis: {exc}") from None
+        spec = from_dict(TransferSpec, block, path="transfer")
+        analysis = (
+            None
+            if analysis_block is None
+            else from_dict(AnalysisSpec, analysis_block, path="analysis")
+        )
+    except ValueError as exc:
+        raise ExperimentError(f"{path}: {exc}") from None
     grid = GridConfig(exp, spec, analysis)
     for name in ("sources", "targets"):
         bad = set(getattr(spec, name) or ()) - set(exp.tasks)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from promptatlas.bank import ResultsDB, StoredPrompt, load_prompt, read_metadata, save_prompt
+from promptatlas.configtools import from_dict
 from promptatlas.evaluation.predict import target_loss
 from promptatlas.formatting import TextLMFormatter, collate
 from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
@@ -115,9 +116,8 @@ class LanguagePromptConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.prompt, Mapping):
-            object.__setattr__(self, "prompt", PromptConfig.from_dict(self.prompt))
-        if isinstance(self.train, Mapping):
-            object.__setattr__(self, "train", TrainConfig(**self.train))
+            object.__setattr__(self, "prompt", PromptConfig.from_dict(self.prompt, path="prompt"))
+        object.__setattr__(self, "train", from_dict(TrainConfig, self.train, path="train"))
         object.__setattr__(self, "text", tuple(str(t) for t in self.text))
         if not self.lang:
             raise ValueError("a language prompt needs a language code (e.g. 'ko')")
