@@ -96,10 +96,10 @@ def test_experiment_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixtu
         "train: {steps: 2, batch_size: 4}\ntrain_limit: 8\ntest_limit: 4\n"
     )
     code, text, _ = _run(capsys, "run", str(exp), "--quiet")
-    assert code == 0 and "4 to go" in text
+    assert code == 0 and "0 reused, 4 to run" in text
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
     assert len(rows) == 4 and all(r["trained"] is not None for r in rows)
     assert all(r["loss_first"] is not None and r["loss_last"] is not None for r in rows)
     assert (tmp_path / "out" / "results.csv").read_text().count("\n") == 5
     code, text, _ = _run(capsys, "run", str(exp), "--quiet")
-    assert code == 0 and "4 done, 0 to go" in text
+    assert code == 0 and "4 reused, 0 to run" in text

@@ -18,12 +18,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import hashlib
+import json
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar, Union
 
-__all__ = ["ConfigError", "check_fields", "from_dict"]
+__all__ = ["ConfigError", "check_fields", "config_hash", "from_dict"]
 
 T = TypeVar("T")
 
@@ -220,3 +222,10 @@ def _show(value: Any) -> str:
     if isinstance(value, list | tuple):
         return f"a list {list(value)!r}" if len(value) <= 5 else "a list"
     return repr(value)
+
+
+def config_hash(data: Any) -> str:
+    """A short stable hash of a JSON-able config (key order does not matter): the identity of
+    a resolved configuration, e.g. in the cell keys of experiments and grids."""
+    text = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from promptatlas.bank import ResultsDB, read_metadata, write_text_atomic
-from promptatlas.configtools import ConfigError, check_fields, from_dict
+from promptatlas.configtools import ConfigError, check_fields, config_hash, from_dict
 from promptatlas.evaluation.evaluate import EvalConfig
 from promptatlas.formatting import FormatConfig
 from promptatlas.models import DEFAULT_MODEL, load_model
@@ -127,8 +127,19 @@ class ExperimentConfig:
             precision=self.precision,
         )
 
+    def cell_config(self, task: str, lang: str, method: str, seed: int) -> dict[str, Any]:
+        """Every setting that determines a cell's result: its resolved run config (the device
+        aside, which only decides where it runs)."""
+        data = self.run_config(task, lang, method, seed).to_dict()
+        data.pop("device", None)
+        return data
+
     def cell_key(self, task: str, lang: str, method: str, seed: int) -> str:
-        return f"{self.name}/{self.model}/{task}-{lang}/{method}/s{seed}"
+        """The results-database key of a cell: its name and a hash of :meth:`cell_config`, so
+        a cell whose settings changed is not mistaken for a finished one."""
+        cell = (task, lang, method, seed)
+        name = f"{self.name}/{self.model}/{task}-{lang}/{method}/s{seed}"
+        return f"{name}#{config_hash(self.cell_config(*cell))}"
 
     def prompt_dir(self, task: str, lang: str, method: str, seed: int) -> Path:
         return Path(self.out) / "bank" / f"{task}-{lang}-{method}-s{seed}"
@@ -299,13 +310,18 @@ def run_experiment(
     db = ResultsDB() if db is None else db
     started = time.perf_counter()
     try:
+        cells = exp.cells()
         todo = [
             c
-            for c in exp.cells()
+            for c in cells
             if not (db.has(exp.cell_key(*c)) and (exp.prompt_dir(*c) / "prompt.json").exists())
         ]
-        done = len(exp.cells()) - len(todo)
-        log(f"[{exp.name}] {len(exp.cells())} runs on {exp.model}: {done} done, {len(todo)} to go")
+        reused = len(cells) - len(todo)
+        changed = sum((exp.prompt_dir(*c) / "prompt.json").exists() for c in todo)
+        log(
+            f"[{exp.name}] {len(cells)} runs on {exp.model}: {reused} reused, {len(todo)} to run"
+            + (f" ({changed} with changed settings)" if changed else "")
+        )
         handle = load_model(exp.model, device=exp.device) if todo else None
         for n, cell in enumerate(todo, 1):
             task, lang, method, seed = cell
@@ -333,8 +349,8 @@ def run_experiment(
         csv_path, json_path, table = write_tables(exp)
         log(table)
         log(
-            f"[{exp.name}] tables: {csv_path}, {json_path}; prompts: {Path(exp.out) / 'bank'}; "
-            f"{time.perf_counter() - started:.0f}s"
+            f"[{exp.name}] {len(todo)} runs run, {reused} reused; tables: {csv_path}, "
+            f"{json_path}; prompts: {Path(exp.out) / 'bank'}; {time.perf_counter() - started:.0f}s"
         )
         return _table_rows(exp)
     finally:

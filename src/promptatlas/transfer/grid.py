@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from promptatlas.bank import ResultsDB
-from promptatlas.configtools import check_fields, from_dict
+from promptatlas.configtools import check_fields, config_hash, from_dict
 from promptatlas.experiments import (
     ExperimentConfig,
     ExperimentError,
@@ -144,6 +144,7 @@ class GridConfig:
     experiment: ExperimentConfig
     transfer: TransferSpec
     analysis: AnalysisSpec | None = None
+    _hashes: dict[Cell, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -154,7 +155,43 @@ class GridConfig:
         return Path(self.experiment.out)
 
     def key(self, cell: Cell) -> str:
-        return f"{self.name}/{self.experiment.model}/{cell.name}"
+        """The results-database key of a cell: its name and :meth:`cell_hash`, so a cell whose
+        settings (or whose inputs' settings) changed is run again, not mistaken for done."""
+        return f"{self.name}/{self.experiment.model}/{cell.name}#{self.cell_hash(cell)}"
+
+    def cell_config(self, cell: Cell) -> dict[str, Any]:
+        """Every setting that determines a cell's result, with the hashes of the cells it
+        depends on (the device, which only decides where it runs, and the paths of its inputs,
+        which follow from the cells, aside)."""
+        exp = self.experiment
+        data: dict[str, Any]
+        if cell.kind == "lang":
+            data = dataclasses.asdict(self.language_config(cell.lang, cell.method, cell.seed))
+        elif cell.kind == "zero":
+            assert cell.task is not None
+            run = exp.run_config(cell.task, cell.lang, cell.method, cell.seed)
+            data = {
+                "eval": dataclasses.asdict(run.eval),
+                "test_limit": exp.test_limit,
+                "data_dir": exp.data_dir,
+            }
+        else:
+            assert cell.task is not None
+            run = self.run_config(cell.task, cell.lang, cell.method, cell.seed)
+            if cell.kind != "base":
+                run = dataclasses.replace(run, baseline=self.transfer.evaluate_init)
+            data = run.to_dict()
+            data.pop("lang_prompt", None)
+        data.pop("device", None)
+        data["cell"] = dataclasses.asdict(cell)
+        data["dependencies"] = [self.cell_hash(dep) for dep in self.dependencies(cell)]
+        return data
+
+    def cell_hash(self, cell: Cell) -> str:
+        """:func:`~promptatlas.configtools.config_hash` of :meth:`cell_config`."""
+        if cell not in self._hashes:
+            self._hashes[cell] = config_hash(self.cell_config(cell))
+        return self._hashes[cell]
 
     # -- cells -----------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
@@ -349,10 +386,13 @@ class _Runner:
             self._handle = load_model(exp.model, device=exp.device)
         return self._handle
 
-    def done(self, cell: Cell) -> bool:
+    def exists(self, cell: Cell) -> bool:
+        """Whether the cell's output is on disk (from this or an earlier configuration)."""
         path = self.grid.path(cell)
-        exists = (path / "prompt.json").exists() if cell.kind != "zero" else path.exists()
-        return exists and self.db.has(self.grid.key(cell))
+        return (path / "prompt.json").exists() if cell.kind != "zero" else path.exists()
+
+    def done(self, cell: Cell) -> bool:
+        return self.exists(cell) and self.db.has(self.grid.key(cell))
 
     def ensure(self, cell: Cell) -> None:
         if self.done(cell):
@@ -472,7 +512,14 @@ def _analyse(
     from promptatlas.analysis import suite
     from promptatlas.experiments import load_experiment, run_experiment
 
-    key = f"{grid.name}/{grid.experiment.model}/analysis"
+    exp = grid.experiment
+    settings = {
+        "analysis": dataclasses.asdict(spec),
+        "cells": [grid.cell_hash(c) for c in grid.cells()],
+        "data_dir": exp.data_dir,
+        "precision": exp.precision,
+    }
+    key = f"{grid.name}/{exp.model}/analysis#{config_hash(settings)}"
     atlas = grid.out / "atlas"
     compression = grid.out / "compression.yaml"
     if not db.has(key):
@@ -551,10 +598,13 @@ def run_grid(
         cells = grid.cells()
         mine = [c for k, c in enumerate(cells) if k % n == i]
         todo = [c for c in mine if not runner.done(c)]
+        reused = len(mine) - len(todo)
+        changed = sum(runner.exists(c) for c in todo)
         where = f" (shard {i}/{n})" if n > 1 else ""
         log(
             f"[{grid.name}] {len(cells)} cells on {grid.experiment.model}{where}: "
-            f"{len(mine) - len(todo)} of {len(mine)} done, {len(todo)} to go"
+            f"{reused} of {len(mine)} reused, {len(todo)} to run"
+            + (f" ({changed} with changed settings)" if changed else "")
         )
         started = time.perf_counter()
         for cell in todo:
@@ -569,7 +619,10 @@ def run_grid(
                 _analyse(grid, grid.analysis, db, runner, progress, log)
             else:
                 log(f"[{grid.name}] analysis waits until every shard's cells are done")
-        log(f"[{grid.name}] {runner.trained} cells run in {time.perf_counter() - started:.0f}s")
+        log(
+            f"[{grid.name}] {runner.trained} cells run, {reused} reused, in "
+            f"{time.perf_counter() - started:.0f}s"
+        )
         return runner.trained
     finally:
         if owns_db:
