@@ -72,7 +72,7 @@ def test_resume_equals_uninterrupted(
     part = train_prompt(
         plm2, fmt2, train_set, cfg, checkpoint_dir=tmp_path, progress=False, stop_after=7
     )
-    assert part.steps == 7 and (tmp_path / "checkpoint.pt").exists()
+    assert part.steps == 7 and (tmp_path / "checkpoint.safetensors").exists()
     # a new process would start from a fresh prompt: the checkpoint restores everything
     plm3, fmt3 = _setup(tiny_handles["tiny-gemma3"], method)
     resumed = train_prompt(plm3, fmt3, train_set, cfg, checkpoint_dir=tmp_path, progress=False)
@@ -80,7 +80,7 @@ def test_resume_equals_uninterrupted(
     assert plm3.prompt is not None
     assert torch.equal(plm3.prompt.tensor().detach(), reference)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
-    assert not (tmp_path / "checkpoint.pt").exists()  # cleaned up when finished
+    assert not (tmp_path / "checkpoint.safetensors").exists()  # cleaned up when finished
 
 
 def test_frozen_segment_bytes_unchanged(tiny_handles: dict[str, Any], train_set: list[Any]) -> None:
@@ -131,3 +131,136 @@ def test_config_errors_name_the_problem(tiny_handles: dict[str, Any]) -> None:
     plm.prompt.set_trainable("task", False)
     with pytest.raises(TrainConfigError, match="frozen"):
         train_prompt(plm, fmt, load_split("sa", "en", "train", limit=2), TrainConfig(steps=1))
+
+
+def _counting_loss(monkeypatch: pytest.MonkeyPatch, at: int | None, action: Any) -> list[int]:
+    """Count the trainer's loss calls (one per step here); on call number ``at`` run ``action``."""
+    from promptatlas.training import trainer
+
+    calls: list[int] = []
+    real = trainer.target_loss
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if at is not None and len(calls) == at:
+            action()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "target_loss", spy)
+    return calls
+
+
+def _raise_keyboard_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    "how", ["SIGINT", "SIGTERM", "KeyboardInterrupt-in-step", "KeyboardInterrupt-in-eval"]
+)
+def test_interrupt_before_the_interval_resumes_there(
+    tiny_handles: dict[str, Any],
+    train_set: list[Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    """Ctrl-C / kill at step k < checkpoint_every: a checkpoint of step k is written, a rerun
+    resumes at k and ends with the bytes of an uninterrupted run; no folder is left behind."""
+    import os
+    import signal
+
+    from promptatlas.training import TrainingInterrupted
+
+    handle = tiny_handles["tiny-gpt2"]
+    dev = load_split("sa", "en", "dev", limit=6)
+    cfg = TrainConfig(steps=8, batch_size=4, lr=0.05, eval_every=2, checkpoint_every=50)
+    plm, fmt = _setup(handle)
+    full = train_prompt(plm, fmt, train_set, cfg, dev=dev, progress=False)
+    assert plm.prompt is not None
+    reference = plm.prompt.tensor().detach().clone()
+
+    k = 5
+    folder = tmp_path / ".p.checkpoint"
+    on_eval = None
+    if how.startswith("SIG"):
+        signum = getattr(signal, how)
+        _counting_loss(monkeypatch, k, lambda: os.kill(os.getpid(), signum))  # during step k
+    elif how == "KeyboardInterrupt-in-step":
+        _counting_loss(monkeypatch, k + 1, _raise_keyboard_interrupt)  # during step k + 1
+    else:
+        k = 4  # the dev evaluation after step 4 is cut short: the step is kept, eval redone
+
+        def on_eval(step: int, score: float) -> None:
+            if step == k:
+                raise KeyboardInterrupt
+
+    plm2, fmt2 = _setup(handle)
+    with pytest.raises(TrainingInterrupted) as info:
+        train_prompt(
+            plm2, fmt2, train_set, cfg, dev=dev, checkpoint_dir=folder, progress=False,
+            on_eval=on_eval,
+        )  # fmt: skip
+    assert info.value.checkpoint_step == k and (folder / "checkpoint.safetensors").is_file()
+    assert "rerun the same command to resume" in str(info.value)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+    calls = _counting_loss(monkeypatch, None, None)
+    plm3, fmt3 = _setup(handle)
+    resumed = train_prompt(
+        plm3, fmt3, train_set, cfg, dev=dev, checkpoint_dir=folder, progress=False
+    )
+    assert len(calls) == cfg.steps - k  # resumed at step k, not at 0
+    assert plm3.prompt is not None
+    assert plm3.prompt.tensor().detach().numpy().tobytes() == reference.numpy().tobytes()
+    assert resumed.history == full.history and resumed.best_dev == full.best_dev
+    assert not folder.exists()
+
+
+def test_finished_run_leaves_no_checkpoint_folder(
+    tiny_handles: dict[str, Any], train_set: list[Any], tmp_path: Path
+) -> None:
+    folder = tmp_path / ".p.checkpoint"
+    plm, fmt = _setup(tiny_handles["tiny-gpt2"])
+    cfg = TrainConfig(steps=7, batch_size=4, lr=0.05, checkpoint_every=3)
+    train_prompt(plm, fmt, train_set, cfg, checkpoint_dir=folder, progress=False)
+    assert not folder.exists()
+    # keep_checkpoint: the caller removes it once the result is stored
+    plm, fmt = _setup(tiny_handles["tiny-gpt2"])
+    train_prompt(plm, fmt, train_set, cfg, checkpoint_dir=folder, progress=False,
+                 keep_checkpoint=True)  # fmt: skip
+    from promptatlas.training import has_checkpoint, remove_checkpoint
+
+    assert has_checkpoint(folder)
+    remove_checkpoint(folder)
+    assert not folder.exists()
+
+
+class _Payload:
+    """A pickle that, when loaded, creates a file: what a hostile checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> Any:
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "checkpoint.safetensors"])
+def test_pickled_checkpoint_is_never_executed(
+    tiny_handles: dict[str, Any], train_set: list[Any], tmp_path: Path, name: str
+) -> None:
+    marker = tmp_path / "pwned"
+    folder = tmp_path / ".p.checkpoint"
+    folder.mkdir()
+    torch.save({"fingerprint": _Payload(marker)}, folder / name)
+    plm, fmt = _setup(tiny_handles["tiny-gpt2"])
+    error: Exception | None = None
+    try:
+        train_prompt(plm, fmt, train_set, TrainConfig(steps=2), checkpoint_dir=folder,
+                     progress=False)  # fmt: skip
+    except ValueError as exc:
+        error = exc
+    assert not marker.exists()  # the pickle never ran
+    from promptatlas.training import CheckpointError
+
+    assert isinstance(error, CheckpointError) and f"delete {folder}" in str(error)
