@@ -14,6 +14,7 @@ import torch
 
 from promptatlas.bank import (
     ExportError,
+    PromptExistsError,
     PromptLoadError,
     ResultsDB,
     default_db_path,
@@ -27,6 +28,7 @@ from promptatlas.bank import (
     versions,
 )
 from promptatlas.models import ModelHandle, load_model, weights_fingerprint
+from promptatlas.outputs import OutputPathError
 from promptatlas.prompts import PromptConfig, PromptedLM, SegmentConfig, SoftPrompt
 
 MODELS = ("tiny-gpt2", "tiny-llama", "tiny-gemma3")
@@ -225,7 +227,7 @@ def test_failed_save_keeps_previous_prompt(
     monkeypatch.setattr(safetensors.torch, "save_file", failing_save)
     new = make_prompt(handle, PromptConfig(length=4), seed=2)
     with pytest.raises(OSError, match="disk full"):
-        save_prompt(path, new, handle, metrics={"accuracy": 0.9})
+        save_prompt(path, new, handle, metrics={"accuracy": 0.9}, overwrite=True)
     with pytest.raises(OSError, match="disk full"):
         save_prompt(tmp_path / "fresh", new, handle)
 
@@ -241,14 +243,16 @@ def test_save_replaces_prompt_but_not_other_directories(
     handle = handles["tiny-gpt2"]
     path = save_prompt(tmp_path / "p", make_prompt(handle, PromptConfig(length=4), 1), handle)
     new = make_prompt(handle, PromptConfig(length=6), 2)
-    save_prompt(path, new, handle)
+    with pytest.raises(PromptExistsError, match="overwrite"):
+        save_prompt(path, new, handle)
+    save_prompt(path, new, handle, overwrite=True)
     assert torch.equal(load_prompt(path).prompt.tensor(), new.tensor())
     assert [p.name for p in tmp_path.iterdir()] == ["p"]
 
     precious = tmp_path / "data"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not a prompt directory"):
+    with pytest.raises(OutputPathError, match="not a prompt directory"):
         save_prompt(precious, new, handle)
     assert (precious / "notes.txt").read_text() == "keep me"
 

@@ -27,6 +27,25 @@ def _add_common_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a prompt already at --out (default: refuse, unless resuming this run)",
+    )
+
+
+def _add_checkpoint_every(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=50,
+        metavar="N",
+        help="write a resumable checkpoint every N steps (default 50; 0 = only on Ctrl-C/kill, "
+        "which always saves the current step)",
+    )
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimisation steps (default 200)")
     p.add_argument("--epochs", type=float, default=None, help="epochs instead of steps")
@@ -37,6 +56,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--eval-every", type=int, default=0, help="dev evaluation every N steps")
     p.add_argument("--patience", type=int, default=None, help="early stopping patience (evals)")
+    _add_checkpoint_every(p)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
         "--precision",
@@ -107,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_train_options(p)
     p.add_argument("--out", required=True, help="prompt directory to create")
+    _add_overwrite(p)
     _add_common_model(p)
 
     p = sub.add_parser(
@@ -204,7 +225,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text-limit", type=int, default=None, help="use at most this many lines")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    _add_checkpoint_every(p)
     p.add_argument("--out", required=True, help="prompt directory to create")
+    _add_overwrite(p)
     _add_common_model(p)
 
     p = sub.add_parser(
@@ -227,6 +250,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--baseline", default=None, help="the target's own prompt, for the comparison")
     p.add_argument("--out", required=True, help="prompt directory to create")
+    _add_overwrite(p)
     _add_train_options(p)
     _add_common_model(p)
 
@@ -288,7 +312,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--separator", default="sep_token")
-    p.add_argument("--out", required=True)
+    _add_checkpoint_every(p)
+    p.add_argument("--out", required=True, help="folder for the projector and projected prompts")
+    _add_overwrite(p)
     _add_common_model(p)
 
     p = sub.add_parser(
@@ -393,6 +419,7 @@ def _train_config(args: argparse.Namespace, method: str, *, default_steps: int =
         lr=lr,
         eval_every=args.eval_every,
         patience=args.patience,
+        checkpoint_every=args.checkpoint_every,
         seed=args.seed,
     )
 
@@ -424,7 +451,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     args.method = _method_of(args)
     cfg = _run_config(args, args.task, args.lang, args.model, _prompt_config(args))
     with ResultsDB(args.db) as db:
-        result = train_run(cfg, args.out, db=db, progress=not args.quiet)
+        result = train_run(cfg, args.out, db=db, progress=not args.quiet, overwrite=args.overwrite)
     base = result.untrained.score if result.untrained else float("nan")
     print(
         f"{args.task}-{args.lang} {args.method}: untrained {100 * base:.1f} → trained "
@@ -447,7 +474,12 @@ def _cmd_lang_prompt(args: argparse.Namespace) -> int:
         lang_length=args.lang_length,
         task_length=args.task_length,
         train=TrainConfig(
-            steps=args.steps, batch_size=args.batch_size, lr=lr, warmup=0.1, seed=args.seed
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=lr,
+            warmup=0.1,
+            checkpoint_every=args.checkpoint_every,
+            seed=args.seed,
         ),
         text=tuple(args.text or ()),
         text_limit=args.text_limit,
@@ -456,7 +488,9 @@ def _cmd_lang_prompt(args: argparse.Namespace) -> int:
         device=args.device,
     )
     with ResultsDB(args.db) as db:
-        result = train_language_prompt(cfg, args.out, db=db, progress=not args.quiet)
+        result = train_language_prompt(
+            cfg, args.out, db=db, progress=not args.quiet, overwrite=args.overwrite
+        )
     print(
         f"language prompt {args.lang} ({args.method}): {result.describe()} after "
         f"{result.steps} steps; saved {result.path}"
@@ -487,6 +521,7 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
             baseline_dir=args.baseline,
             db=db,
             progress=not args.quiet,
+            overwrite=args.overwrite,
         )
     line = f"{result.source} → {task}-{lang} ({result.kind}): {100 * result.score:.1f}"
     if result.delta is not None:
@@ -531,6 +566,14 @@ def _cmd_zero_shot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_folder(path: Any) -> None:
+    """The output folder of an experiment or grid (--out or the file's ``out:``), checked
+    before any model loads."""
+    from promptatlas.outputs import check_output_path
+
+    check_output_path(path, kind="folder", what="results folder", option="output folder")
+
+
 def _cmd_grid(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -543,6 +586,7 @@ def _cmd_grid(args: argparse.Namespace) -> int:
             grid, experiment=dataclasses.replace(grid.experiment, out=args.out)
         )
     shard = parse_shard(args.shard) if args.shard else (0, 1)
+    _check_folder(grid.experiment.out)
     with ResultsDB(args.db) as db:
         run_grid(grid, db=db, shard=shard, progress=not args.quiet, report=not args.no_report)
     return 0
@@ -555,54 +599,75 @@ def _cmd_project(args: argparse.Namespace) -> int:
     from promptatlas.models import load_model
     from promptatlas.prompts import PromptConfig
     from promptatlas.training import TrainConfig
-    from promptatlas.transfer import ProjectConfig, ProjectorConfig, project_across_models
+    from promptatlas.transfer import (
+        ProjectConfig,
+        ProjectorConfig,
+        check_project_target,
+        project_across_models,
+    )
     from promptatlas.workflows import train_run
 
     out = Path(args.out)
-    source_handle = load_model(args.from_model, device=args.device)
-    target_handle = load_model(args.to_model, device=args.device)
-    with ResultsDB(args.db) as db:
-        source_prompt = args.source_prompt
-        if source_prompt is None:
-            if not (args.train_task and args.lang):
-                raise ValueError("give --source-prompt, or --train-task and --lang to train one")
-            from promptatlas.formatting import FormatConfig
-            from promptatlas.workflows import RunConfig
+    source_prompt = args.source_prompt
+    cfg = None
+    if source_prompt is None:
+        if not (args.train_task and args.lang):
+            raise ValueError("give --source-prompt, or --train-task and --lang to train one")
+        from promptatlas.formatting import FormatConfig
+        from promptatlas.workflows import RunConfig
 
-            method = args.method or "v1"
-            source_prompt = str(out / f"source-{args.train_task}-{args.lang}-{method}")
-            cfg = RunConfig(
-                task=args.train_task,
-                lang=args.lang,
-                model=args.from_model,
-                prompt=PromptConfig(method=method, length=args.length),  # type: ignore[arg-type]
-                train=TrainConfig(
-                    steps=args.source_steps, lr=0.1 if method == "v1" else 0.01, seed=args.seed
-                ),
-                format=FormatConfig(separator=_unescape(args.separator)),
-                test_limit=args.test_limit,
-                precision=args.precision,
-                device=args.device,
-            )
-            if not (Path(source_prompt) / "prompt.json").exists():
-                print(
-                    f"training the source prompt {args.train_task}-{args.lang} on {args.from_model}"
-                )
-                train_run(cfg, source_prompt, handle=source_handle, db=db, progress=not args.quiet)
-        cfg_p = ProjectConfig(
-            source_model=args.from_model,
-            target_model=args.to_model,
-            source_prompt=source_prompt,
-            apply=tuple(args.apply or ()),
-            projector=ProjectorConfig(hidden=args.hidden),
+        method = args.method or "v1"
+        source_prompt = str(out / f"source-{args.train_task}-{args.lang}-{method}")
+        cfg = RunConfig(
+            task=args.train_task,
+            lang=args.lang,
+            model=args.from_model,
+            prompt=PromptConfig(method=method, length=args.length),  # type: ignore[arg-type]
             train=TrainConfig(
-                steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed
+                steps=args.source_steps,
+                lr=0.1 if method == "v1" else 0.01,
+                checkpoint_every=args.checkpoint_every,
+                seed=args.seed,
             ),
-            init_steps=args.init_steps,
+            format=FormatConfig(separator=_unescape(args.separator)),
             test_limit=args.test_limit,
             precision=args.precision,
             device=args.device,
         )
+    cfg_p = ProjectConfig(
+        source_model=args.from_model,
+        target_model=args.to_model,
+        source_prompt=source_prompt,
+        apply=tuple(args.apply or ()),
+        projector=ProjectorConfig(hidden=args.hidden),
+        train=TrainConfig(
+            steps=args.steps,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            checkpoint_every=args.checkpoint_every,
+            seed=args.seed,
+        ),
+        init_steps=args.init_steps,
+        test_limit=args.test_limit,
+        precision=args.precision,
+        device=args.device,
+    )
+    check_project_target(out, cfg_p, overwrite=args.overwrite)  # before any model loads
+    source_handle = load_model(args.from_model, device=args.device)
+    target_handle = load_model(args.to_model, device=args.device)
+    with ResultsDB(args.db) as db:
+        if cfg is not None and (
+            args.overwrite or not (Path(source_prompt) / "prompt.json").exists()
+        ):
+            print(f"training the source prompt {args.train_task}-{args.lang} on {args.from_model}")
+            train_run(
+                cfg,
+                source_prompt,
+                handle=source_handle,
+                db=db,
+                progress=not args.quiet,
+                overwrite=args.overwrite,
+            )
         project_across_models(
             cfg_p,
             out,
@@ -610,6 +675,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
             target_handle=target_handle,
             db=db,
             progress=not args.quiet,
+            overwrite=args.overwrite,
         )
     print(f"projector and projected prompts in {out} (summary.json)")
     return 0
@@ -666,10 +732,17 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from promptatlas.bank import export_peft, read_metadata
+    from promptatlas.bank import ADAPTER_CONFIG, ADAPTER_WEIGHTS, export_peft, read_metadata
     from promptatlas.models import load_model
+    from promptatlas.outputs import check_output_path
 
     meta = read_metadata(args.prompt_dir)
+    check_output_path(
+        args.out,
+        kind="directory",
+        what="PEFT adapter",
+        owned_files=(ADAPTER_CONFIG, ADAPTER_WEIGHTS),
+    )
     handle = load_model(meta.model, device=args.device)
     path = export_peft(args.prompt_dir, args.out, handle)
     print(f"exported {args.prompt_dir} as a PEFT adapter to {path}")
@@ -696,9 +769,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             grid = dataclasses.replace(
                 grid, experiment=dataclasses.replace(grid.experiment, **overrides)
             )
+            _check_folder(grid.experiment.out)
             run_grid(grid, db=db, progress=not args.quiet)
         else:
             exp = dataclasses.replace(load_experiment(args.experiment), **overrides)
+            _check_folder(exp.out)
             run_experiment(exp, db=db, progress=not args.quiet)
     return 0
 
@@ -707,7 +782,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from promptatlas.analysis import suite
+    from promptatlas.outputs import check_output_path
 
+    if args.analysis == "layers":
+        check_output_path(args.out, kind="file", what="experiment file")
+    else:
+        check_output_path(args.out, kind="folder", what="analysis folder")  # before models load
     if args.analysis == "layers":
         suite.select_compression_layers(args.source, args.out, method=args.method, size=args.size)
         return 0
@@ -820,8 +900,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"promptatlas: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("promptatlas: interrupted (rerun the same command to resume)", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        from promptatlas.training import TrainingInterrupted
+
+        if isinstance(exc, TrainingInterrupted):
+            print(f"promptatlas: {exc.describe()}", file=sys.stderr)
+            return 128 + (exc.signum or 2)  # 130 for Ctrl-C, 143 for SIGTERM
+        print(
+            "promptatlas: interrupted (finished work is kept: rerun the same command to resume)",
+            file=sys.stderr,
+        )
         return 130
 
 

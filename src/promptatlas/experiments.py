@@ -327,7 +327,9 @@ def run_experiment(
             task, lang, method, seed = cell
             cfg = exp.run_config(*cell)
             log(f"[{exp.name}] ({n}/{len(todo)}) {task}-{lang} {method} seed {seed}")
-            result = train_run(cfg, exp.prompt_dir(*cell), handle=handle, db=db, progress=progress)
+            result = train_run(
+                cfg, exp.prompt_dir(*cell), handle=handle, db=db, progress=progress, overwrite=True
+            )
             db.record(
                 kind="experiment-cell",
                 model=exp.model,

@@ -21,6 +21,7 @@ import torch
 from promptatlas.bank import (
     ResultsDB,
     StoredPrompt,
+    check_prompt_target,
     load_prompt,
     save_prompt,
     update_metrics,
@@ -33,7 +34,13 @@ from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
 from promptatlas.prompts import PromptConfig, PromptedLM, SoftPrompt
 from promptatlas.prompts.injection import autocast_dtype
 from promptatlas.tasks import Example, get_task, load_split
-from promptatlas.training import TrainConfig, train_prompt
+from promptatlas.training import (
+    TrainConfig,
+    checkpoint_dir_for,
+    has_checkpoint,
+    remove_checkpoint,
+    train_prompt,
+)
 
 __all__ = [
     "RunConfig",
@@ -175,13 +182,19 @@ def train_run(
     db: ResultsDB | None = None,
     prompt: SoftPrompt | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> RunResult:
     """Train one prompt and store it at ``out`` (see module docstring).
 
     ``prompt``: start from this prompt (e.g. a transferred initialisation) instead of a fresh
-    one. An interrupted run resumes from ``out/.checkpoint`` when called again.
+    one. An interrupted run resumes from its checkpoint (``.NAME.checkpoint`` beside ``out``)
+    when called again. ``out`` is checked before the model loads; a prompt already there is
+    replaced only with ``overwrite`` or when this call resumes the run that replaces it.
     """
     out = Path(out)
+    checkpoints = checkpoint_dir_for(out)
+    replace = overwrite or has_checkpoint(checkpoints)
+    check_prompt_target(out, overwrite=replace)
     handle = handle or load_model(
         cfg.model, device=cfg.device, attn_implementation=cfg.attn_implementation
     )
@@ -200,8 +213,9 @@ def train_run(
         cfg.train,
         dev=dev,
         eval_config=cfg.eval,
-        checkpoint_dir=out.parent / f".{out.name}.checkpoint",
+        checkpoint_dir=checkpoints,
         progress=progress,
+        keep_checkpoint=True,  # until the prompt is stored: an interrupt meanwhile loses nothing
     )
     trained = evaluate(plm, formatter, test, cfg.eval)
     metrics: dict[str, Any] = {"test": _summary(trained)}
@@ -226,6 +240,7 @@ def train_run(
             "n_train": len(train),
             "n_test": len(test),
         },
+        overwrite=replace,
     )
     if db is not None:
         common: dict[str, Any] = {
@@ -247,6 +262,7 @@ def train_run(
         db.record(
             kind="train", split="test", metrics=_summary(trained), prompt_dir=str(out), **common
         )
+    remove_checkpoint(checkpoints)
     return RunResult(out, metrics, untrained, trained, result.steps, result.seconds)
 
 

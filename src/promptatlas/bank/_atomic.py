@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from promptatlas.outputs import check_output_path, follow_umask
+
 __all__ = ["atomic_directory"]
 
 
@@ -18,22 +20,18 @@ def atomic_directory(target: Path, owned_files: Iterable[str], what: str) -> Ite
     An existing ``target`` is replaced only after the new directory is complete, and only if it
     is empty or contains one of ``owned_files`` (so an unrelated directory is never deleted).
     On any exception the temporary directory is removed and ``target`` is left untouched.
+    The directory and every file in it get the modes the umask gives.
     """
-    owned = frozenset(owned_files)
-    if target.exists():
-        if not target.is_dir():
-            raise FileExistsError(f"{target} exists and is not a directory; choose another path")
-        entries = {p.name for p in target.iterdir()}
-        if entries and not entries & owned:
-            raise FileExistsError(
-                f"{target} is a non-empty directory that is not a {what} (none of "
-                f"{sorted(owned)}); refusing to replace it. Choose another path."
-            )
+    # The same check every command runs before it starts (OutputPathError, one clear line).
+    check_output_path(target, kind="directory", what=what, owned_files=frozenset(owned_files))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     old: Path | None = None
     try:
         yield tmp
+        follow_umask(tmp, directory=True)
+        for entry in tmp.iterdir():
+            follow_umask(entry, directory=entry.is_dir())
         if target.exists():
             # POSIX has no portable directory swap: rename the old one aside, rename the new one
             # in, and only then delete the old one (or put it back if the second rename fails).

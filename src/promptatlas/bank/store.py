@@ -33,6 +33,7 @@ import torch
 from promptatlas.bank._atomic import atomic_directory
 from promptatlas.models.adapters import ModelGeometry
 from promptatlas.models.registry import ModelHandle
+from promptatlas.outputs import OutputPathError, check_output_path, follow_umask
 from promptatlas.prompts.config import PromptConfig, PromptConfigError
 from promptatlas.prompts.soft_prompt import SoftPrompt
 
@@ -40,10 +41,12 @@ __all__ = [
     "FORMAT_VERSION",
     "METADATA_FILE",
     "TENSORS_FILE",
+    "PromptExistsError",
     "PromptLoadError",
     "PromptMetadata",
     "StoredPrompt",
     "check_compatible",
+    "check_prompt_target",
     "list_prompts",
     "load_prompt",
     "read_metadata",
@@ -60,6 +63,10 @@ _PROMPT_FILES = frozenset({TENSORS_FILE, METADATA_FILE})
 
 class PromptLoadError(ValueError):
     """A stored prompt cannot be loaded; the message names the file, the problem and the fix."""
+
+
+class PromptExistsError(OutputPathError):
+    """The target already holds a prompt and replacing it was not asked for (``overwrite``)."""
 
 
 @dataclass(frozen=True)
@@ -141,13 +148,15 @@ def _dumps(data: Mapping[str, Any]) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory and os.replace (atomic on POSIX)."""
+    """Write via a temporary file in the same directory and os.replace (atomic on POSIX); the
+    file gets the mode the umask gives (as a plain ``open`` would)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        follow_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -187,6 +196,41 @@ def _prompt_dict(prompt: SoftPrompt) -> dict[str, Any]:
     return data
 
 
+def _describe_existing(target: Path) -> str:
+    try:
+        meta = read_metadata(target)
+    except PromptLoadError:
+        return "an unreadable prompt"
+    if meta.task:
+        what = f"the {meta.task}-{meta.lang} prompt"
+    elif meta.lang:
+        what = f"the {meta.lang} language prompt"
+    else:
+        what = "a prompt"
+    return f"{what} ({meta.prompt.get('method', '?')} on {meta.model}, saved {meta.created})"
+
+
+def check_prompt_target(
+    directory: str | Path, *, overwrite: bool = False, option: str = "--out"
+) -> Path:
+    """Check, before any work, that a prompt directory can be written at ``directory``.
+
+    The path must be writable (:func:`~promptatlas.outputs.check_output_path`); an existing
+    prompt there is replaced only with ``overwrite`` (:class:`PromptExistsError` otherwise), so a
+    second run never silently takes the place of the first. Returns the absolute path.
+    """
+    target = check_output_path(
+        directory, kind="directory", what="prompt directory", owned_files=_PROMPT_FILES,
+        option=option,
+    )  # fmt: skip
+    if not overwrite and any((target / name).exists() for name in _PROMPT_FILES):
+        raise PromptExistsError(
+            f"{option} {target} already holds {_describe_existing(target)}; pass --overwrite "
+            f"(overwrite=True) to replace it, or choose another {option}"
+        )
+    return target
+
+
 def save_prompt(
     directory: str | Path,
     prompt: SoftPrompt,
@@ -198,12 +242,14 @@ def save_prompt(
     metrics: Mapping[str, Any] | None = None,
     config: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Save ``prompt`` (trained on ``handle``) as a prompt directory and return its path.
 
     Both files are written to a temporary directory beside ``directory`` which is then renamed
-    into place; an existing prompt directory is replaced only after the new one is complete.
-    A non-empty directory that is not a prompt directory is never replaced.
+    into place; an existing prompt directory is replaced only with ``overwrite=True`` (else
+    :class:`PromptExistsError`) and only after the new one is complete. A non-empty directory
+    that is not a prompt directory is never replaced. Files and directory follow the umask.
     """
     target = Path(directory).expanduser().absolute()
     if prompt.geometry != handle.geometry:
@@ -231,6 +277,7 @@ def save_prompt(
     )
     # Serialise before touching the disk so a bad config value fails with nothing written.
     text = _dumps(meta.to_dict())
+    check_prompt_target(target, overwrite=overwrite, option="path")
 
     from safetensors.torch import save_file
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from promptatlas.models.adapters import ArchitectureAdapter, ModelGeometry, adapter_for
+from promptatlas.outputs import follow_umask
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -120,6 +121,7 @@ def _build_once(target: Path, write: Callable[[Path], None]) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
         try:
             write(tmp)
+            follow_umask(tmp, directory=True)  # mkdtemp made it 0700
             if target.exists():
                 shutil.rmtree(target)
             tmp.rename(target)

@@ -15,6 +15,8 @@ matplotlib.use("Agg")  # figures are files; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 
+from promptatlas.outputs import follow_umask
+
 __all__ = ["annotated_heatmap", "save_figure", "subplots"]
 
 
@@ -80,6 +82,7 @@ def save_figure(fig: Any, path: str | Path, *, dpi: int = 130) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi, format="png")
+        follow_umask(tmp)  # mkstemp made it 0600
         os.replace(tmp, path)
     finally:
         plt.close(fig)

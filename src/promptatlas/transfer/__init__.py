@@ -1,7 +1,11 @@
 """Transfer: factorised language/task sub-prompts, cross-task and cross-language transfer,
 zero-shot evaluation, transfer grids and cross-model projectors (SPEC §4)."""
 
-from promptatlas.transfer.crossmodel import ProjectConfig, project_across_models
+from promptatlas.transfer.crossmodel import (
+    ProjectConfig,
+    check_project_target,
+    project_across_models,
+)
 from promptatlas.transfer.grid import (
     Cell,
     GridConfig,
@@ -54,6 +58,7 @@ __all__ = [
     "PromptProjector",
     "TransferResult",
     "TransferSpec",
+    "check_project_target",
     "factorised_config",
     "is_factorised",
     "load_grid",

@@ -17,6 +17,7 @@ Every projected prompt is a normal prompt directory on model B (``<out>/prompts/
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +25,18 @@ from typing import Any
 
 import torch
 
-from promptatlas.bank import ResultsDB, load_prompt, save_prompt
+from promptatlas.bank import PromptExistsError, ResultsDB, load_prompt, save_prompt
 from promptatlas.configtools import from_dict
 from promptatlas.evaluation.evaluate import EvalConfig, evaluate
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.models import ModelHandle, load_model
+from promptatlas.outputs import check_output_path
 from promptatlas.prompts import PromptedLM
 from promptatlas.prompts.injection import autocast_dtype
 from promptatlas.tasks import get_task, load_split
 from promptatlas.training import TrainConfig
 from promptatlas.transfer.projector import (
+    PROJECTOR_METADATA_FILE,
     ProjectorConfig,
     project_prompt,
     save_projector,
@@ -41,7 +44,9 @@ from promptatlas.transfer.projector import (
 )
 from promptatlas.workflows import RunConfig, dump_json, train_run
 
-__all__ = ["ProjectConfig", "project_across_models"]
+__all__ = ["ProjectConfig", "check_project_target", "project_across_models"]
+
+PROJECTOR_CHECKPOINT = ".projector.checkpoint"
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,31 @@ def _format_of(meta_config: Mapping[str, Any]) -> FormatConfig:
     return FormatConfig(**fmt) if isinstance(fmt, Mapping) else FormatConfig()
 
 
+def check_project_target(
+    out: str | Path, cfg: ProjectConfig | None = None, *, overwrite: bool = False
+) -> Path:
+    """Check the output folder of :func:`project_across_models` before any model loads.
+
+    A folder that already holds a cross-model transfer is reused only for the same ``cfg`` (a
+    rerun) or with ``overwrite``; otherwise :class:`~promptatlas.bank.PromptExistsError`."""
+    target = check_output_path(out, kind="folder", what="cross-model transfer folder")
+    meta_path = target / "projector" / PROJECTOR_METADATA_FILE
+    if overwrite or not meta_path.is_file():
+        return target
+    try:
+        stored = json.loads(meta_path.read_text(encoding="utf-8"))["extra"]["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        stored = None
+    same = cfg is not None and stored == json.loads(json.dumps(cfg.to_dict(), default=str))
+    if not same:
+        raise PromptExistsError(
+            f"--out {target} already holds a cross-model transfer with other settings "
+            f"({meta_path.relative_to(target)}); pass --overwrite to replace its projector and "
+            "prompts, or choose another --out"
+        )
+    return target
+
+
 def project_across_models(
     cfg: ProjectConfig,
     out: str | Path,
@@ -100,9 +130,13 @@ def project_across_models(
     db: ResultsDB | None = None,
     progress: bool = True,
     log: Any = print,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Run the cross-model transfer described in the module docstring; returns the summary."""
-    out = Path(out)
+    """Run the cross-model transfer described in the module docstring; returns the summary.
+
+    ``out`` is checked first (:func:`check_project_target`); the prompts inside it belong to
+    this transfer and are replaced when it runs again."""
+    out = check_project_target(out, cfg, overwrite=overwrite)
     source_handle = source_handle or load_model(cfg.source_model, device=cfg.device)
     target_handle = target_handle or load_model(cfg.target_model, device=cfg.device)
     autocast = autocast_dtype(cfg.precision)
@@ -127,7 +161,7 @@ def project_across_models(
         projector_config=cfg.projector,
         autocast_dtype=autocast,
         progress=progress,
-        checkpoint_dir=out / ".projector.checkpoint",
+        checkpoint_dir=out / PROJECTOR_CHECKPOINT,
     )
     save_projector(
         out / "projector",
@@ -221,6 +255,7 @@ def _carry_over(
         metrics={"test": {**zero.metrics, "n": zero.n, "mode": zero.mode}},
         config={"projected_from": str(directory), "format": dataclasses.asdict(fmt)},
         extra={"kind": "projected", "source_model": source_handle.name},
+        overwrite=True,
     )
     if db is not None:
         db.record(
@@ -262,6 +297,7 @@ def _carry_over(
             prompt=projected,
             db=db,
             progress=progress,
+            overwrite=True,
         )
         # The baseline: one plain trainable prompt of the same size from the uniform init.
         plain = dataclasses.replace(
@@ -273,6 +309,7 @@ def _carry_over(
             handle=target_handle,
             db=db,
             progress=progress,
+            overwrite=True,
         )
         row["from_projection"] = from_projection.trained.score
         row["from_random"] = from_random.trained.score

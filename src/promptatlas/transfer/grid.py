@@ -414,6 +414,7 @@ class _Runner:
                 handle=self.handle,
                 db=self.db,
                 progress=self.progress,
+                overwrite=True,  # the grid owns its folder; a cell not done is (re)built
             )
             metrics = {
                 "heldout_loss_untrained": res.heldout_loss_before,
@@ -424,7 +425,9 @@ class _Runner:
         elif cell.kind == "base":
             assert cell.task is not None
             cfg = grid.run_config(cell.task, cell.lang, cell.method, cell.seed)
-            run = train_run(cfg, path, handle=self.handle, db=self.db, progress=self.progress)
+            run = train_run(
+                cfg, path, handle=self.handle, db=self.db, progress=self.progress, overwrite=True
+            )
             metrics = {
                 **run.metrics["test"],
                 "untrained": run.untrained.score if run.untrained else None,
@@ -455,6 +458,7 @@ class _Runner:
                 handle=self.handle,
                 db=None,
                 progress=self.progress,
+                overwrite=True,
             )
             metrics = moved.to_dict()
             score = moved.score

@@ -25,8 +25,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +40,7 @@ from promptatlas.evaluation.evaluate import EvalConfig
 from promptatlas.formatting import TaskFormatter
 from promptatlas.models.adapters import ModelGeometry
 from promptatlas.models.registry import ModelHandle
+from promptatlas.outputs import write_bytes_atomic
 from promptatlas.prompts.config import PromptConfig, PromptConfigError, SegmentConfig
 from promptatlas.prompts.injection import PromptedLM
 from promptatlas.prompts.soft_prompt import SoftPrompt
@@ -587,19 +586,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable: {value!r}")
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_projector(
     directory: str | Path,
     projector: PromptProjector,
@@ -661,7 +647,7 @@ def save_projector(
     text = json.dumps(meta, indent=2, ensure_ascii=False, default=_json_default) + "\n"
     target = Path(directory).expanduser().absolute()
     target.mkdir(parents=True, exist_ok=True)
-    _write_bytes_atomic(target / PROJECTOR_TENSORS_FILE, payload)
+    write_bytes_atomic(target / PROJECTOR_TENSORS_FILE, payload)
     write_text_atomic(target / PROJECTOR_METADATA_FILE, text)
     return target
 

@@ -23,7 +23,14 @@ from typing import Any
 
 import torch
 
-from promptatlas.bank import ResultsDB, StoredPrompt, load_prompt, read_metadata, save_prompt
+from promptatlas.bank import (
+    ResultsDB,
+    StoredPrompt,
+    check_prompt_target,
+    load_prompt,
+    read_metadata,
+    save_prompt,
+)
 from promptatlas.configtools import from_dict
 from promptatlas.evaluation.predict import target_loss
 from promptatlas.formatting import TextLMFormatter, collate
@@ -33,7 +40,13 @@ from promptatlas.prompts.config import PromptConfigError
 from promptatlas.prompts.injection import autocast_dtype
 from promptatlas.tasks import Example
 from promptatlas.tasks.rawtext import load_raw_text, pack_lines
-from promptatlas.training import TrainConfig, train_prompt
+from promptatlas.training import (
+    TrainConfig,
+    checkpoint_dir_for,
+    has_checkpoint,
+    remove_checkpoint,
+    train_prompt,
+)
 
 __all__ = [
     "LANG_SEGMENT",
@@ -183,10 +196,16 @@ def train_language_prompt(
     handle: ModelHandle | None = None,
     db: ResultsDB | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> LanguagePromptResult:
     """Train the language segment of a factorised prompt on raw text (thesis Eq. 8) and store
-    it at ``out``. The task segment is random (uniform ±init_range, seeded) and frozen."""
+    it at ``out``. The task segment is random (uniform ±init_range, seeded) and frozen.
+    ``out`` is checked before the model loads; a prompt already there is replaced only with
+    ``overwrite`` or when this call resumes the interrupted run that replaces it."""
     out = Path(out)
+    checkpoints = checkpoint_dir_for(out)
+    replace = overwrite or has_checkpoint(checkpoints)
+    check_prompt_target(out, overwrite=replace)
     handle = handle or load_model(
         cfg.model, device=cfg.device, attn_implementation=cfg.attn_implementation
     )
@@ -213,8 +232,9 @@ def train_language_prompt(
         formatter,
         [Example((t,), "") for t in train_texts],
         cfg.train,
-        checkpoint_dir=out.parent / f".{out.name}.checkpoint",
+        checkpoint_dir=checkpoints,
         progress=progress,
+        keep_checkpoint=True,  # until the prompt is stored
     )
     after = lm_loss(plm, formatter, held, batch) if held else None
     metrics: dict[str, Any] = {}
@@ -243,6 +263,7 @@ def train_language_prompt(
             "n_train_sequences": len(train_texts),
             "n_lines": len(lines),
         },
+        overwrite=replace,
     )
     if db is not None:
         db.record(
@@ -258,6 +279,7 @@ def train_language_prompt(
             prompt_dir=str(out),
             seed=cfg.train.seed,
         )
+    remove_checkpoint(checkpoints)
     return LanguagePromptResult(out, before, after, result.steps, result.seconds, len(chunks))
 
 

@@ -27,7 +27,13 @@ from typing import Any, Literal
 
 import torch
 
-from promptatlas.bank import ResultsDB, StoredPrompt, load_prompt, read_metadata
+from promptatlas.bank import (
+    ResultsDB,
+    StoredPrompt,
+    check_prompt_target,
+    load_prompt,
+    read_metadata,
+)
 from promptatlas.evaluation.evaluate import EvalConfig, EvalResult, evaluate
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.models import ModelHandle, load_model
@@ -35,6 +41,7 @@ from promptatlas.prompts import PromptedLM, SoftPrompt
 from promptatlas.prompts.config import PromptConfigError
 from promptatlas.prompts.injection import autocast_dtype
 from promptatlas.tasks import TaskVariant, get_task, load_split
+from promptatlas.training import checkpoint_dir_for, has_checkpoint
 from promptatlas.transfer.subprompts import (
     LANG_SEGMENT,
     TASK_SEGMENT,
@@ -173,6 +180,7 @@ def transfer_run(
     handle: ModelHandle | None = None,
     db: ResultsDB | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> TransferResult:
     """Transfer the prompt at ``source_dir`` to ``cfg.task``/``cfg.lang`` and train it.
 
@@ -181,7 +189,10 @@ def transfer_run(
     prompt trained from scratch (same settings); with it the result has transferred − baseline
     and the convergence comparison (``cfg.train.eval_every`` must be > 0 for convergence).
     The untrained evaluation of the run is the zero-shot score of the initial prompt.
+    ``out`` is checked before the model loads (see :func:`~promptatlas.workflows.train_run`
+    for ``overwrite``).
     """
+    check_prompt_target(out, overwrite=overwrite or has_checkpoint(checkpoint_dir_for(out)))
     handle = handle or load_model(
         cfg.model, device=cfg.device, attn_implementation=cfg.attn_implementation
     )
@@ -205,7 +216,9 @@ def transfer_run(
     # The run records the prompt actually trained (segments and trainable flags).
     cfg = dataclasses.replace(cfg, prompt=prompt.config, lang_prompt=None)
     source_name = f"{meta.task}-{meta.lang}"
-    run = train_run(cfg, out, handle=handle, db=None, prompt=prompt, progress=progress)
+    run = train_run(
+        cfg, out, handle=handle, db=None, prompt=prompt, progress=progress, overwrite=overwrite
+    )
     base_test, base_best, base_steps = _baseline_numbers(baseline_dir)
     steps = None
     if base_best is not None:
