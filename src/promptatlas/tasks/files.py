@@ -30,8 +30,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from promptatlas.tasks.errors import DataError, where
+from promptatlas.tasks.errors import REENCODE, DataError, check_encoding, decode_error, where
 from promptatlas.tasks.specs import Example, TaskVariant, get_task, validate_example
+
+_ENCODING_FIX = "pass its encoding (load_file(..., encoding='cp949')) or " + REENCODE
 
 FIELDS = ("input1", "input2", "label", "target", "references", "concepts", "uid")
 FORMATS = {
@@ -182,31 +184,38 @@ def _detect_format(path: Path, fmt: str | None) -> str:
     return FORMATS[key]
 
 
-def _delimited_rows(path: Path, delimiter: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        if not reader.fieldnames:
-            raise DataError(
-                f"{where(path, 1)}: empty file; a header row with column names is needed"
-            )
-        for row in reader:
-            loc = where(path, reader.line_num)
-            if None in row:
+def _delimited_rows(
+    path: Path, delimiter: str, encoding: str = "utf-8-sig"
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    with open(path, encoding=encoding, newline="") as f:
+        try:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            if not reader.fieldnames:
                 raise DataError(
-                    f"{loc}: more fields than the header's {len(reader.fieldnames)}; "
-                    "quote fields that contain the delimiter"
+                    f"{where(path, 1)}: empty file; a header row with column names is needed"
                 )
-            if all(v is None or not str(v).strip() for v in row.values()):
-                continue  # blank line
-            yield loc, row
+            for row in reader:
+                loc = where(path, reader.line_num)
+                if None in row:
+                    raise DataError(
+                        f"{loc}: more fields than the header's {len(reader.fieldnames)}; "
+                        "quote fields that contain the delimiter"
+                    )
+                if all(v is None or not str(v).strip() for v in row.values()):
+                    continue  # blank line
+                yield loc, row
+        except UnicodeDecodeError as exc:
+            raise decode_error(path, exc, encoding, _ENCODING_FIX) from None
 
 
-def _json_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def _json_rows(path: Path, encoding: str = "utf-8-sig") -> Iterator[tuple[str, dict[str, Any]]]:
     try:
-        with open(path, encoding="utf-8-sig") as f:
+        with open(path, encoding=encoding) as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(f"{where(path, e.lineno)}: invalid JSON ({e.msg})") from e
+    except UnicodeDecodeError as exc:
+        raise decode_error(path, exc, encoding, _ENCODING_FIX) from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects (use .jsonl for one per line)")
     for i, obj in enumerate(data):
@@ -216,10 +225,12 @@ def _json_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         yield loc, obj
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def _jsonl_rows(
+    path: Path, encoding: str = "utf-8-sig", fix: str = REENCODE
+) -> Iterator[tuple[str, dict[str, Any]]]:
     from promptatlas.tasks.sources import read_jsonl
 
-    for line, obj in read_jsonl(path):
+    for line, obj in read_jsonl(path, encoding, fix):
         yield where(path, line), obj
 
 
@@ -238,11 +249,15 @@ def load_file(
     *,
     columns: Mapping[str, str] | None = None,
     fmt: str | None = None,
+    encoding: str = "utf-8",
 ) -> list[Example]:
     """Examples of ``task``/``lang`` from a user's CSV/TSV/JSON/JSONL file.
 
     The format comes from the suffix unless ``fmt`` is given. See the module docstring for
-    ``columns`` and the accepted label forms (key, label word, or integer index).
+    ``columns`` and the accepted label forms (key, label word, or integer index). ``encoding``:
+    the file's text encoding (default UTF-8, with or without a byte-order mark; e.g. ``cp949``
+    or ``euc-kr`` for older Korean exports); text that does not decode is a :class:`DataError`
+    naming the file, line and byte.
     """
     variant = _resolve_task(task, lang)
     p = Path(path).expanduser()
@@ -250,19 +265,22 @@ def load_file(
         raise DataError(f"{p}: no such file")
     kind = _detect_format(p, fmt)
     cols = _column_map(columns)
+    codec = check_encoding(encoding)
     rows: Iterable[tuple[str, dict[str, Any]]]
     if kind in ("csv", "tsv"):
-        rows = _delimited_rows(p, "," if kind == "csv" else "\t")
+        rows = _delimited_rows(p, "," if kind == "csv" else "\t", codec)
     elif kind == "json":
-        rows = _json_rows(p)
+        rows = _json_rows(p, codec)
     else:
-        rows = _jsonl_rows(p)
+        rows = _jsonl_rows(p, codec, _ENCODING_FIX)
     out = [
         row_to_example(row, variant, cols, loc, f"{p.stem}-{i:05d}")
         for i, (loc, row) in enumerate(rows)
     ]
     if not out:
-        raise DataError(f"{p}: no rows found")
+        raise DataError(
+            f"{p}: no examples (an empty file, or a header without rows); add rows to it"
+        )
     return out
 
 

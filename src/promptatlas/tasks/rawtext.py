@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from promptatlas.tasks.errors import DataError
+from promptatlas.tasks.errors import DataError, decode_error
 from promptatlas.tasks.specs import LANGS
 
 __all__ = ["RAWTEXT_DIR", "load_raw_text", "pack_lines"]
@@ -51,9 +51,9 @@ def load_raw_text(
     lines: list[str] = []
     for path in _expand(files):
         try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise DataError(f"{path} is not UTF-8 text") from None
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise decode_error(path, exc, "utf-8-sig") from None
         lines += [line.strip() for line in text.splitlines() if line.strip()]
         if limit is not None and len(lines) >= limit:
             return lines[:limit]

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from promptatlas.tasks.carve import carve, carve_groups
-from promptatlas.tasks.errors import DataError, where
+from promptatlas.tasks.errors import REENCODE, DataError, decode_error, where
 from promptatlas.tasks.specs import Example, TaskVariant, get_task, validate_example
 
 Splits = dict[str, list[Example]]
@@ -84,10 +84,14 @@ def _require(data_dir: Path, rel: str) -> Path:
     return path
 
 
-def _read_lines(path: Path) -> list[str]:
-    """Lines without their terminator; only ``\\n`` ends a line (texts may contain ``\\r``)."""
-    with open(path, encoding="utf-8-sig", newline="\n") as f:
-        return [line.rstrip("\n").rstrip("\r") for line in f]
+def _read_lines(path: Path, encoding: str = "utf-8-sig", fix: str = REENCODE) -> list[str]:
+    """Lines without their terminator; only ``\\n`` ends a line (texts may contain ``\\r``).
+    Text that is not ``encoding`` is a :class:`DataError` naming the file, line and byte."""
+    try:
+        with open(path, encoding=encoding, newline="\n") as f:
+            return [line.rstrip("\n").rstrip("\r") for line in f]
+    except UnicodeDecodeError as exc:
+        raise decode_error(path, exc, encoding, fix) from None
 
 
 def _read_rows(
@@ -98,15 +102,18 @@ def _read_rows(
         reader = csv.reader(
             f, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
         )
-        for row in reader:
-            if not row:
-                continue
-            if len(row) != n_fields:
-                raise DataError(
-                    f"{where(path, reader.line_num)}: expected {n_fields} fields separated by "
-                    f"{delimiter!r}, found {len(row)}; fix or remove this row"
-                )
-            yield reader.line_num, row
+        try:
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != n_fields:
+                    raise DataError(
+                        f"{where(path, reader.line_num)}: expected {n_fields} fields separated "
+                        f"by {delimiter!r}, found {len(row)}; fix or remove this row"
+                    )
+                yield reader.line_num, row
+        except UnicodeDecodeError as exc:
+            raise decode_error(path, exc, "utf-8-sig") from None
 
 
 def _text(value: str, path: Path, line: int, what: str) -> str:
@@ -357,12 +364,14 @@ def _tc_ko(d: Path, task: TaskVariant) -> Splits:
     return {"train": train, "dev": dev, "test": test}
 
 
-def _load_json(path: Path) -> Any:
+def _load_json(path: Path, encoding: str = "utf-8-sig", fix: str = REENCODE) -> Any:
     try:
-        with open(path, encoding="utf-8-sig") as f:
+        with open(path, encoding=encoding) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(f"{where(path, e.lineno)}: invalid JSON ({e.msg}); fix the file") from e
+    except UnicodeDecodeError as exc:
+        raise decode_error(path, exc, encoding, fix) from None
 
 
 def _squad_questions(path: Path, task: TaskVariant) -> list[tuple[str, Example]]:
@@ -437,8 +446,10 @@ def _cg(concepts: tuple[str, ...], target: str, refs: tuple[str, ...], uid: str)
     )
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    for line, text in enumerate(_read_lines(path), 1):
+def read_jsonl(
+    path: Path, encoding: str = "utf-8-sig", fix: str = REENCODE
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    for line, text in enumerate(_read_lines(path, encoding, fix), 1):
         if not text.strip():
             continue  # blank lines are not rows
         try:
@@ -585,6 +596,30 @@ _CACHE: dict[tuple[Any, ...], Splits] = {}
 _CACHE_MAX = 4  # full CommonGen/SST-2 splits are tens of MB; keep only a few pairs
 
 
+def _check_not_empty(variant: TaskVariant, d: Path, files: Sequence[str], splits: Splits) -> None:
+    """An empty split (a data file with a header and no rows, or only skipped rows) is named
+    with its files here, not later as "no training examples" without a file."""
+    for split in ("train", "dev", "test"):
+        if splits.get(split):
+            continue
+        paths = [d / rel for rel in files]
+        # The likely culprits first: files with at most one non-blank line (a header only).
+        short = [p for p in paths if sum(1 for ln in _raw_lines(p) if ln.strip()) <= 1]
+        named = ", ".join(str(p) for p in short or paths)
+        raise DataError(
+            f"no {split} examples for {variant.name} in {named}: "
+            f"{'the file holds a header but no rows' if short else 'no row was usable'}; add "
+            "rows, or pass data_dir=None (no --data-dir) for the bundled sample"
+        )
+
+
+def _raw_lines(path: Path) -> list[bytes]:
+    try:
+        return path.read_bytes().splitlines()
+    except OSError:
+        return []
+
+
 def load_source(task: TaskVariant | str, data_dir: str | Path) -> Splits:
     """All three splits of a pair, parsed from the original files under ``data_dir``.
 
@@ -606,6 +641,7 @@ def load_source(task: TaskVariant | str, data_dir: str | Path) -> Splits:
     key = (variant.name, str(d), tuple(stats))
     if key not in _CACHE:
         splits = src.parse(d, variant)
+        _check_not_empty(variant, d, src.files, splits)
         if len(_CACHE) >= _CACHE_MAX:
             _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = splits
