@@ -17,6 +17,7 @@ from promptatlas.bank import (
     PromptExistsError,
     PromptLoadError,
     ResultsDB,
+    ResultsDBError,
     default_db_path,
     export_peft,
     format_runs_table,
@@ -475,7 +476,7 @@ def test_results_db_refuses_newer_schema(tmp_path: Path) -> None:
     with conn:
         conn.execute("UPDATE schema_version SET version = 99")
     conn.close()
-    with pytest.raises(RuntimeError, match="schema version 99"):
+    with pytest.raises(ResultsDBError, match="schema version 99"):
         ResultsDB(path)
 
 

@@ -8,13 +8,20 @@ not as a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["main"]
+
+
+def _name(text: str) -> str:
+    """Task and language names are case-insensitive: ``--task SA`` = ``--task sa``."""
+    return text.strip().lower()
 
 
 def _add_common_model(p: argparse.ArgumentParser) -> None:
@@ -101,9 +108,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"registry name, hub id or path (default {DEFAULT_MODEL}; see `promptatlas models`)",
     )
     p.add_argument(
-        "--task", required=True, help="sts, nli, sa, tc, qa, cg (see `promptatlas tasks`)"
+        "--task",
+        type=_name,
+        required=True,
+        help="sts, nli, sa, tc, qa, cg (see `promptatlas tasks`)",
     )
-    p.add_argument("--lang", required=True, help="en or ko")
+    p.add_argument("--lang", type=_name, required=True, help="en or ko")
     p.add_argument(
         "--method",
         choices=("v1", "v2"),
@@ -138,8 +148,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("prompt_dir")
     p.add_argument("--split", choices=("train", "dev", "test"), default="test")
-    p.add_argument("--task", default=None, help="evaluate on another task (zero-shot)")
-    p.add_argument("--lang", default=None, help="evaluate on another language (zero-shot)")
+    p.add_argument("--task", type=_name, default=None, help="evaluate on another task (zero-shot)")
+    p.add_argument(
+        "--lang", type=_name, default=None, help="evaluate on another language (zero-shot)"
+    )
     p.add_argument("--limit", type=int, default=None)
     p.add_argument(
         "--mode",
@@ -159,7 +171,7 @@ def _parser() -> argparse.ArgumentParser:
         description="List and filter recorded train/eval runs, newest first.",
     )
     for name in ("kind", "model", "task", "lang", "method", "split"):
-        p.add_argument(f"--{name}", default=None)
+        p.add_argument(f"--{name}", default=None, type=_name if name in ("task", "lang") else str)
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     p.add_argument(
@@ -170,7 +182,11 @@ def _parser() -> argparse.ArgumentParser:
         help="copy the runs of these database files (e.g. grid shards from other machines) "
         "into --db",
     )
-    p.add_argument("--db", default=None)
+    p.add_argument(
+        "--db",
+        default=None,
+        help="results database to read (default $PROMPTATLAS_DB or ./.promptatlas/results.sqlite)",
+    )
 
     p = sub.add_parser(
         "export",
@@ -203,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
         "Use it with `train --lang-prompt`, `transfer` and `zero-shot --lang-segment target`.",
     )
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"(default {DEFAULT_MODEL})")
-    p.add_argument("--lang", required=True, help="language code, e.g. en or ko")
+    p.add_argument("--lang", type=_name, required=True, help="language code, e.g. en or ko")
     p.add_argument(
         "--text",
         nargs="+",
@@ -236,12 +252,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Cross-task (same language: the source task segment initialises the "
         "target's, the language segment stays frozen) or cross-language (same task: the source "
         "task segment stays frozen, the language segment is trained) transfer. With --baseline "
-        "it reports transferred − baseline and the steps to reach 90%% of the baseline's best "
+        "it reports transferred − baseline and the steps to reach 90% of the baseline's best "
         "dev score (give --eval-every).",
     )
     p.add_argument("--from", dest="source", required=True, help="source prompt directory")
-    p.add_argument("--to", default=None, help="target task (default: the source's)")
-    p.add_argument("--lang", default=None, help="target language (default: the source's)")
+    p.add_argument("--to", type=_name, default=None, help="target task (default: the source's)")
+    p.add_argument(
+        "--lang", type=_name, default=None, help="target language (default: the source's)"
+    )
     p.add_argument(
         "--lang-prompt",
         default=None,
@@ -262,8 +280,10 @@ def _parser() -> argparse.ArgumentParser:
         "prompt.",
     )
     p.add_argument("--prompt", required=True, help="source prompt directory")
-    p.add_argument("--task", default=None, help="target task (default: the prompt's)")
-    p.add_argument("--lang", default=None, help="target language (default: the prompt's)")
+    p.add_argument("--task", type=_name, default=None, help="target task (default: the prompt's)")
+    p.add_argument(
+        "--lang", type=_name, default=None, help="target language (default: the prompt's)"
+    )
     p.add_argument("--lang-segment", choices=("source", "target"), default="source")
     p.add_argument("--lang-prompt", default=None, help="target language prompt (for target)")
     p.add_argument("--label-words", choices=("source", "target"), default="source")
@@ -297,8 +317,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--from-model", required=True)
     p.add_argument("--to-model", required=True)
     p.add_argument("--source-prompt", default=None, help="a prompt of --from-model to learn on")
-    p.add_argument("--train-task", default=None, help="or: train a source prompt on this task")
-    p.add_argument("--lang", default=None, help="language of --train-task")
+    p.add_argument(
+        "--train-task", type=_name, default=None, help="or: train a source prompt on this task"
+    )
+    p.add_argument("--lang", type=_name, default=None, help="language of --train-task")
     p.add_argument("--method", choices=("v1", "v2"), default=None, help="for --train-task")
     p.add_argument("--length", type=int, default=20, help="for --train-task")
     p.add_argument("--source-steps", type=int, default=100, help="for --train-task")
@@ -685,9 +707,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from promptatlas.bank import ResultsDB, read_metadata
     from promptatlas.evaluation.evaluate import EvalConfig
     from promptatlas.models import load_model
-    from promptatlas.workflows import evaluate_stored
+    from promptatlas.workflows import eval_target, evaluate_stored
 
     meta = read_metadata(args.prompt_dir)
+    target = eval_target(args.prompt_dir, meta, args.task, args.lang)  # before the model loads
     handle = load_model(meta.model, device=args.device)
     with ResultsDB(args.db) as db:
         result = evaluate_stored(
@@ -702,14 +725,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             db=db,
             check_model=not args.force,
         )
-    task = f"{args.task or meta.task}-{args.lang or meta.lang}"
+    task = target.name
     shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in result.metrics.items() if k != "score")
     print(f"{args.prompt_dir} on {task} {args.split} (n={result.n}, {result.mode}): {shown}")
     return 0
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from promptatlas.bank import ResultsDB, format_runs_table
+    from pathlib import Path
+
+    from promptatlas.bank import ResultsDB, default_db_path, format_runs_table
 
     filters = {k: getattr(args, k) for k in ("kind", "model", "task", "lang", "method", "split")}
     if args.merge:
@@ -717,8 +742,22 @@ def _cmd_runs(args: argparse.Namespace) -> int:
             for other in args.merge:
                 print(f"merged {db.merge(other)} new runs from {other} into {db.path}")
         return 0
-    with ResultsDB(args.db) as db:
+    path = (Path(args.db).expanduser() if args.db else default_db_path()).absolute()
+    choose = "choose another with --db or $PROMPTATLAS_DB"
+    if not path.exists():
+        print(
+            f"no results database at {path} yet: train a prompt or run an experiment first, or "
+            f"{choose}"
+        )
+        return 0
+    with ResultsDB(path, readonly=True) as db:
         records = db.find(limit=args.limit, **filters)
+        total = len(db)
+    # Which database this is goes to stderr with --json, so the JSON lines stay clean.
+    print(
+        f"results database {path} ({total} runs; {choose})",
+        file=sys.stderr if args.json else sys.stdout,
+    )
     if args.json:
         for r in records:
             print(
@@ -726,6 +765,9 @@ def _cmd_runs(args: argparse.Namespace) -> int:
             )
     elif records:
         print(format_runs_table(records))
+    elif total:
+        given = " ".join(f"--{k} {v}" for k, v in filters.items() if v is not None)
+        print(f"no runs match {given} ({total} runs recorded; drop or change a filter)")
     else:
         print("no runs recorded yet (train a prompt or run an experiment first)")
     return 0
@@ -882,8 +924,37 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         PromptConfigError,
         TrainConfigError,
         ValueError,
-        FileNotFoundError,
+        OSError,  # writes and reads: a file in the way, a read-only place, a full disk
+        sqlite3.Error,  # the results database (ResultsDB turns most into ResultsDBError)
     )
+
+
+_OS_FIXES = {
+    errno.EEXIST: "remove it or choose another path",
+    errno.ENOTEMPTY: "empty it or choose another path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+    errno.EISDIR: "it is a folder; give a file path",
+    errno.ENOENT: "check the path",
+    errno.EACCES: "the place is not writable or readable for you; fix its permissions or "
+    "choose another path",
+    errno.EPERM: "the operation is not permitted there; choose another path",
+    errno.EROFS: "the file system is read-only; choose a writable path",
+    errno.ENOSPC: "the disk is full; free some space or write elsewhere",
+}
+
+
+def _describe(exc: BaseException) -> str:
+    """The one-line message of an error a person can act on."""
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        where = f" {exc.filename}" if exc.filename is not None else ""
+        if exc.filename2 is not None:
+            where += f" → {exc.filename2}"
+        fix = _OS_FIXES.get(exc.errno, "check the path and its permissions, or choose another")
+        return f"{exc.strerror}:{where}; {fix}"
+    if isinstance(exc, sqlite3.Error):
+        return f"results database: {exc}; choose another with --db or $PROMPTATLAS_DB"
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split("\n"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -892,13 +963,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Offline by default: no library may reach a model hub behind our back.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from promptatlas.console import quiet_libraries, show_warnings_as_lines
+
+    if "--quiet" in argv:  # before torch/transformers are imported: their switches are read then
+        quiet_libraries()
+    show_warnings_as_lines()
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
     except _user_errors() as exc:
         if os.environ.get("PROMPTATLAS_DEBUG") == "1":
             raise
-        print(f"promptatlas: error: {exc}", file=sys.stderr)
+        print(f"promptatlas: error: {_describe(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         from promptatlas.training import TrainingInterrupted

@@ -84,6 +84,9 @@ class ExperimentConfig:
     precision: str = "fp32"  # "bf16": backbone under bf16 autocast (≈3× faster on bf16 CPUs)
 
     def __post_init__(self) -> None:
+        for name in ("tasks", "langs", "skip"):  # "SA" = "sa", as everywhere
+            names = tuple(str(v).strip().lower() for v in getattr(self, name))
+            object.__setattr__(self, name, names)
         if not self.tasks or not self.langs or not self.methods:
             raise ExperimentError("an experiment needs tasks, langs and methods")
         unknown = set(self.train_by_method) - set(self.methods)

@@ -31,7 +31,7 @@ from promptatlas.evaluation.evaluate import EvalConfig, EvalResult, evaluate
 from promptatlas.configtools import from_dict
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
-from promptatlas.prompts import PromptConfig, PromptedLM, SoftPrompt
+from promptatlas.prompts import PromptConfig, PromptedLM, SoftPrompt, check_context
 from promptatlas.prompts.injection import autocast_dtype
 from promptatlas.tasks import Example, get_task, load_split
 from promptatlas.training import (
@@ -90,7 +90,9 @@ class RunConfig:
             ("format", FormatConfig),
         ):
             object.__setattr__(self, name, _sub(cls, getattr(self, name), name))
-        get_task(self.task, self.lang)  # fails early, listing valid names
+        variant = get_task(self.task, self.lang)  # fails early, listing valid names
+        object.__setattr__(self, "task", variant.spec.name)  # "SA" → "sa"
+        object.__setattr__(self, "lang", variant.lang)
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         for name in ("train_limit", "dev_limit", "test_limit"):
@@ -160,7 +162,12 @@ def build_prompt(cfg: RunConfig, handle: ModelHandle, formatter: TaskFormatter) 
                 f"run asks for {cfg.prompt.method}; use --method {factorised.method} or another "
                 "language prompt"
             )
+        check_context(
+            factorised.length, handle, budget=formatter.max_length, task=formatter.task.name
+        )
         return factorised
+    # Before the tensors exist: a prompt that does not fit the model fails at once.
+    check_context(cfg.prompt.length, handle, budget=formatter.max_length, task=formatter.task.name)
     prompt = SoftPrompt(cfg.prompt, handle.geometry)
     prompt.initialise(
         handle,
@@ -266,6 +273,18 @@ def train_run(
     return RunResult(out, metrics, untrained, trained, result.steps, result.seconds)
 
 
+def eval_target(prompt_dir: str | Path, meta: Any, task: str | None, lang: str | None) -> Any:
+    """The task variant a stored prompt is evaluated on: ``task``/``lang`` (zero-shot) or its
+    own; unknown names and language prompts fail here, before any model loads."""
+    task_name = task or meta.task
+    lang_name = lang or meta.lang
+    if task_name is None or lang_name is None:
+        raise ValueError(
+            f"{prompt_dir} records no task/language (a language prompt?); give --task and --lang"
+        )
+    return get_task(task_name, lang_name)
+
+
 def evaluate_stored(
     prompt_dir: str | Path,
     *,
@@ -285,15 +304,12 @@ def evaluate_stored(
     from promptatlas.bank import read_metadata
 
     meta = read_metadata(prompt_dir)
+    variant = eval_target(prompt_dir, meta, task, lang)  # before the model loads
+    task_name, lang_name = variant.spec.name, variant.lang
     handle = handle or load_model(meta.model)
     stored: StoredPrompt = load_prompt(prompt_dir, handle, check_model=check_model)
-    task_name = task or meta.task
-    lang_name = lang or meta.lang
-    if task_name is None or lang_name is None:
-        raise ValueError(f"{prompt_dir} records no task/language; pass task= and lang=")
     cfg_format = meta.config.get("format") if isinstance(meta.config, dict) else None
     fmt = FormatConfig(**cfg_format) if isinstance(cfg_format, dict) else FormatConfig()
-    variant = get_task(task_name, lang_name)
     formatter = TaskFormatter(handle.tokenizer, variant, fmt)
     examples = load_split(task_name, lang_name, split, data_dir=data_dir, limit=limit)  # type: ignore[arg-type]
     precision = meta.config.get("precision", "fp32") if isinstance(meta.config, dict) else "fp32"

@@ -15,11 +15,12 @@ failed attempt and its successful retry are both kept; :meth:`ResultsDB.find` li
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SCORE_KEYS",
     "ResultsDB",
+    "ResultsDBError",
     "RunRecord",
     "default_db_path",
     "format_runs_table",
@@ -103,6 +105,41 @@ CREATE INDEX IF NOT EXISTS runs_key ON runs (key);
 """
 
 
+class ResultsDBError(ValueError):
+    """The results database cannot be opened, read or written; the message names the file,
+    the problem and how to choose another (``--db`` or ``$PROMPTATLAS_DB``)."""
+
+
+_CHOOSE = "choose another with --db or $PROMPTATLAS_DB"
+
+
+def _problem(path: Path, exc: BaseException) -> str:
+    """One line on what went wrong with the database file ``path`` and how to fix it."""
+    text = str(exc)
+    low = text.lower()
+    if "not a database" in low or "malformed" in low:
+        return (
+            f"results database {path} is not a SQLite database or is damaged ({text}); move it "
+            f"aside (a new one is created) or {_CHOOSE}"
+        )
+    if "readonly" in low or "read-only" in low or isinstance(exc, PermissionError):
+        return (
+            f"results database {path} cannot be written ({text}): the file or its folder is "
+            f"read-only; make it writable or {_CHOOSE}"
+        )
+    if "unable to open" in low:
+        return (
+            f"results database {path} cannot be opened ({text}): its folder does not accept "
+            f"files there; {_CHOOSE}"
+        )
+    if "locked" in low or "busy" in low:
+        return (
+            f"results database {path} stayed locked by another process ({text}); wait for it "
+            f"to finish or {_CHOOSE}"
+        )
+    return f"results database {path}: {text}; {_CHOOSE}"
+
+
 def default_db_path() -> Path:
     """``$PROMPTATLAS_DB`` if set, else ``./.promptatlas/results.sqlite``."""
     env = os.environ.get("PROMPTATLAS_DB")
@@ -131,6 +168,17 @@ class RunRecord:
     versions: dict[str, str] = field(default_factory=dict)
 
 
+def _absolute(path: str | Path) -> str:
+    """Paths are stored absolute (``..`` folded, symlinks kept), so records stay usable from
+    any working directory."""
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def _name(value: Any) -> Any:
+    """Task and language names are stored and matched in lower case (``SA`` = ``sa``)."""
+    return value.strip().lower() if isinstance(value, str) else value
+
+
 def _main_score(metrics: Mapping[str, Any], score: float | None) -> float | None:
     if score is not None:
         return float(score)
@@ -144,26 +192,83 @@ def _main_score(metrics: Mapping[str, Any], score: float | None) -> float | None
 class ResultsDB:
     """A results database file; use as a context manager or call :meth:`close`."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path).expanduser() if path is not None else default_db_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # timeout: wait for another writer's lock instead of failing at once (grid workers).
-        self._conn = sqlite3.connect(str(self.path), timeout=30.0)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        with self._conn:
-            self._conn.executescript(_SCHEMA)
-            row = self._conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            version = row[0]
-            if version is None:
-                self._conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+    def __init__(self, path: str | Path | None = None, *, readonly: bool = False) -> None:
+        """Open (and create, unless ``readonly``) the database file; problems with it (a
+        directory, a corrupt or foreign file, a read-only place) raise :class:`ResultsDBError`.
+        """
+        self.path = (Path(path).expanduser() if path is not None else default_db_path()).absolute()
+        self.readonly = readonly
+        if self.path.is_dir():
+            raise ResultsDBError(
+                f"results database {self.path} is a directory; give a file, e.g. --db "
+                f"{self.path / 'results.sqlite'}"
+            )
+        if readonly and not self.path.is_file():
+            raise ResultsDBError(f"results database {self.path} does not exist; {_CHOOSE}")
+        try:
+            if not readonly:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            raise ResultsDBError(_problem(self.path, exc)) from None
+        try:
+            version = self._conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise ResultsDBError(_problem(self.path, exc)) from None
         if version is not None and version > SCHEMA_VERSION:
             self._conn.close()
-            raise RuntimeError(
+            raise ResultsDBError(
                 f"results database {self.path} has schema version {version}; this promptatlas "
                 f"knows up to {SCHEMA_VERSION}. Upgrade promptatlas or use another database "
                 "($PROMPTATLAS_DB)."
             )
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            # A read-only file (or folder) can still be listed: read-only mode, and immutable
+            # mode when not even the WAL index beside it can be opened.
+            try:
+                conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=30.0)
+                conn.execute("SELECT COUNT(*) FROM runs").fetchone()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    raise sqlite3.DatabaseError("not a promptatlas results database") from None
+                conn = sqlite3.connect(f"{self.path.as_uri()}?immutable=1", uri=True)
+                conn.execute("SELECT COUNT(*) FROM runs").fetchone()
+            conn.row_factory = sqlite3.Row
+            return conn
+        # timeout: wait for another writer's lock instead of failing at once (grid workers).
+        conn = sqlite3.connect(str(self.path), timeout=30.0)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            with conn:
+                conn.executescript(_SCHEMA)
+                row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+                if row[0] is None:
+                    conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            # Can runs be recorded? A read-only file or folder fails here, before any work,
+            # not after a training run (the probe row is rolled back).
+            conn.execute("SAVEPOINT probe")
+            try:
+                conn.execute("INSERT INTO schema_version VALUES (-1)")
+            finally:
+                conn.execute("ROLLBACK TO probe")
+                conn.execute("RELEASE probe")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """sqlite3 errors (a full disk, a file made read-only, a lock held too long) as one
+        :class:`ResultsDBError` naming the file."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise ResultsDBError(_problem(self.path, exc)) from exc
 
     # -- writing --------------------------------------------------------------------------
     def record(
@@ -196,20 +301,20 @@ class ResultsDB:
             datetime.now(UTC).isoformat(timespec="milliseconds"),
             kind,
             model,
-            task,
-            lang,
+            _name(task),
+            _name(lang),
             method,
             split,
             main,
             json.dumps(dict(metrics), default=_json_default),
             json.dumps(dict(config), default=_json_default),
-            str(prompt_dir) if prompt_dir is not None else None,
+            _absolute(prompt_dir) if prompt_dir is not None else None,
             seed,
             json.dumps(dict(versions)),
             status,
             key,
         )
-        with self._conn:
+        with self._errors(), self._conn:
             cursor = self._conn.execute(
                 "INSERT INTO runs (created, kind, model, task, lang, method, split, score, "
                 "metrics, config, prompt_dir, seed, versions, status, key) "
@@ -236,6 +341,18 @@ class ResultsDB:
         for name, value in filters.items():
             if value is None:
                 continue
+            if name == "prompt_dir":
+                value = (
+                    [_absolute(v) for v in value]
+                    if isinstance(value, list | tuple | set | frozenset)
+                    else _absolute(value)
+                )
+            elif name in ("task", "lang"):
+                value = (
+                    [_name(v) for v in value]
+                    if isinstance(value, list | tuple | set | frozenset)
+                    else _name(value)
+                )
             if isinstance(value, list | tuple | set | frozenset):
                 values = [str(v) if isinstance(v, Path) else v for v in value]
                 if not values:
@@ -252,13 +369,15 @@ class ResultsDB:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        return [_to_record(row) for row in self._conn.execute(sql, params)]
+        with self._errors():
+            return [_to_record(row) for row in self._conn.execute(sql, params)]
 
     def has(self, key: str, *, status: str = "done") -> bool:
         """Whether a run with this cell key and status (default "done") was recorded."""
-        row = self._conn.execute(
-            "SELECT 1 FROM runs WHERE key = ? AND status = ? LIMIT 1", (key, status)
-        ).fetchone()
+        with self._errors():
+            row = self._conn.execute(
+                "SELECT 1 FROM runs WHERE key = ? AND status = ? LIMIT 1", (key, status)
+            ).fetchone()
         return row is not None
 
     def merge(self, other: str | Path) -> int:
@@ -270,7 +389,10 @@ class ResultsDB:
             raise FileNotFoundError(f"results database {path} does not exist")
         if path.resolve() == self.path.resolve():
             raise ValueError(f"cannot merge {path} into itself")
-        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            source = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            raise ResultsDBError(_problem(path, exc)) from None
         try:
             rows = source.execute(
                 "SELECT created, kind, model, task, lang, method, split, score, metrics, "
@@ -280,11 +402,13 @@ class ResultsDB:
             raise ValueError(f"{path} is not a promptatlas results database ({exc})") from None
         finally:
             source.close()
-        seen = {
-            tuple(r) for r in self._conn.execute("SELECT created, kind, key, prompt_dir FROM runs")
-        }
+        with self._errors():
+            seen = {
+                tuple(r)
+                for r in self._conn.execute("SELECT created, kind, key, prompt_dir FROM runs")
+            }
         new = [r for r in rows if (r[0], r[1], r[14], r[10]) not in seen]
-        with self._conn:
+        with self._errors(), self._conn:
             self._conn.executemany(
                 "INSERT INTO runs (created, kind, model, task, lang, method, split, score, "
                 "metrics, config, prompt_dir, seed, versions, status, key) "
@@ -294,7 +418,8 @@ class ResultsDB:
         return len(new)
 
     def __len__(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+        with self._errors():
+            return int(self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 
     # -- lifetime -------------------------------------------------------------------------
     def close(self) -> None:

@@ -10,6 +10,7 @@ from promptatlas.models.adapters import (
 from promptatlas.models.registry import (
     DEFAULT_MODEL,
     MODELS,
+    DeviceError,
     ModelEntry,
     ModelHandle,
     ModelNotAvailableError,
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "MODELS",
     "ArchitectureAdapter",
+    "DeviceError",
     "ModelEntry",
     "ModelGeometry",
     "ModelHandle",

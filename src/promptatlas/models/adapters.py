@@ -21,6 +21,7 @@ __all__ = [
     "ModelGeometry",
     "UnsupportedArchitectureError",
     "adapter_for",
+    "context_window",
 ]
 
 
@@ -169,6 +170,18 @@ ADAPTERS: tuple[ArchitectureAdapter, ...] = (
         family="gemma3", model_types=("gemma3_text", "gemma2", "gemma"), **_DECODER
     ),
 )
+
+
+def context_window(config: Any) -> int | None:
+    """How many positions the model attends over (``max_position_embeddings``, GPT-2's
+    ``n_positions``), or None when the config does not say. GPT-2's learned position table ends
+    there (an index error beyond it); rotary models degrade beyond what they were trained on."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def adapter_for(model: nn.Module) -> ArchitectureAdapter:

@@ -34,6 +34,7 @@ from promptatlas.outputs import follow_umask
 __all__ = [
     "DEFAULT_MODEL",
     "MODELS",
+    "DeviceError",
     "ModelEntry",
     "ModelHandle",
     "ModelNotAvailableError",
@@ -90,11 +91,48 @@ def cache_root() -> Path:
     return base / "promptatlas"
 
 
+class DeviceError(ValueError):
+    """A device that this machine does not have (or a name PyTorch does not know)."""
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/"auto" → CUDA when present, else CPU."""
+    """``None``/"auto" → CUDA when present, else CPU. A device this machine lacks (``cuda``
+    without a GPU or a CUDA build of PyTorch, ``cuda:1`` with one GPU, ``mps`` off Apple
+    silicon, an unknown name) raises :class:`DeviceError` before any model loads."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise DeviceError(
+            f"unknown device {str(device)!r}; use cpu, cuda, cuda:N or mps (or leave out "
+            "--device for cuda when present, else cpu)"
+        ) from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                "this PyTorch has no CUDA support"
+                if torch.version.cuda is None
+                else "no CUDA GPU is visible"
+            )
+            raise DeviceError(f"device {str(device)!r} is not available: {why}; use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(
+                f"device {str(device)!r} does not exist: this machine has {count} CUDA "
+                f"device(s) (cuda:0-cuda:{count - 1})"
+            )
+        return dev
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise DeviceError(f"device {str(device)!r} is not available here; use --device cpu")
+        return dev
+    raise DeviceError(
+        f"device {str(device)!r} ({dev.type}) is not supported by promptatlas; use cpu, cuda, "
+        "cuda:N or mps"
+    )
 
 
 @contextlib.contextmanager
@@ -357,6 +395,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dev = resolve_device(device)  # a device this machine lacks fails before the weights load
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     entry = MODELS.get(name)
     online = os.environ.get("PROMPTATLAS_ONLINE") == "1"
@@ -391,7 +430,6 @@ def load_model(
             "that directory."
         ) from exc
     adapter = adapter_for(model)
-    dev = resolve_device(device)
     model.to(dev)
     model.eval()
     model.requires_grad_(False)

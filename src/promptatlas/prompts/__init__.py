@@ -8,17 +8,24 @@ from promptatlas.prompts.config import (
     SegmentConfig,
 )
 from promptatlas.prompts.injection import PromptedForward, PromptedLM, token_key_values
-from promptatlas.prompts.soft_prompt import SoftPrompt, expected_num_parameters
+from promptatlas.prompts.soft_prompt import (
+    PromptSizeWarning,
+    SoftPrompt,
+    check_context,
+    expected_num_parameters,
+)
 
 __all__ = [
     "Init",
     "Method",
     "PromptConfig",
     "PromptConfigError",
+    "PromptSizeWarning",
     "PromptedForward",
     "PromptedLM",
     "SegmentConfig",
     "SoftPrompt",
+    "check_context",
     "expected_num_parameters",
     "token_key_values",
 ]

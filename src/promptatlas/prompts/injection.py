@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from promptatlas.models.registry import ModelHandle
-from promptatlas.prompts.soft_prompt import SoftPrompt
+from promptatlas.prompts.soft_prompt import SoftPrompt, check_context
 
 __all__ = ["PromptedForward", "PromptedLM", "autocast_dtype", "token_key_values"]
 
@@ -87,6 +87,8 @@ class PromptedLM:
                 f"the prompt was built for geometry {prompt.geometry} but model "
                 f"{handle.name!r} has {handle.geometry}"
             )
+        if prompt is not None:
+            check_context(prompt.length, handle, warn=False)  # room left for any input
 
     @property
     def n_prompt(self) -> int:
@@ -186,6 +188,8 @@ class PromptedLM:
             "output_hidden_states": output_hidden_states,
         }
         prompt = self.prompt if past_key_values is None else None
+        if prompt is not None:  # a clear error instead of an index error past the window
+            check_context(prompt.length, handle, budget=input_ids.shape[1], warn=False)
         mask = attention_mask if prompt is None else self.mask_with_prompt(attention_mask)
         n_drop = 0
         if prompt is not None and prompt.method == "v1":

@@ -2,16 +2,75 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from promptatlas.models.adapters import ModelGeometry
+from promptatlas.models.adapters import ModelGeometry, context_window
 from promptatlas.prompts.config import PromptConfig, PromptConfigError
 
-__all__ = ["SoftPrompt", "expected_num_parameters"]
+__all__ = [
+    "LARGE_PROMPT",
+    "PromptSizeWarning",
+    "SoftPrompt",
+    "check_context",
+    "expected_num_parameters",
+]
+
+# Soft prompts have 5-150 positions in the literature (Lester et al. 2021: ≤ 150; P-tuning v2:
+# ≤ 128); far beyond that is almost always a typo in --length.
+LARGE_PROMPT = 1000
+
+
+class PromptSizeWarning(UserWarning):
+    """A prompt far larger than soft prompts usually are."""
+
+
+def check_context(
+    length: int,
+    handle: Any,
+    *,
+    budget: int | None = None,
+    task: str | None = None,
+    warn: bool = True,
+    option: str = "--length",
+) -> None:
+    """Check, before any allocation or forward pass, that a ``length``-position prompt — plus
+    ``budget`` tokens of input and target (the formatter's ``max_length``) — fits the context
+    window of ``handle``'s model (``max_position_embeddings``, GPT-2's ``n_positions``; every
+    family: learned position tables end there and rotary models were not trained beyond it).
+    Raises :class:`PromptConfigError` naming the numbers and the fix (``option``: the setting
+    that sets the prompt length); with ``warn`` a prompt of an absurd size (over
+    :data:`LARGE_PROMPT` positions or half the window) gets a :class:`PromptSizeWarning`."""
+    window = context_window(handle.model.config)
+    name = getattr(handle, "name", "the model")
+    if window is not None:
+        if length >= window:
+            raise PromptConfigError(
+                f"a {length}-position prompt does not fit {name}'s context window of {window} "
+                f"positions (it leaves no room for the input); use a shorter prompt ({option}; "
+                "soft prompts usually have 5-150 positions)"
+            )
+        if budget is not None and length + budget > window:
+            what = f"task {task}" if task else "the task"
+            fixes = [f"a shorter prompt ({option} ≤ {window - budget})"] if window > budget else []
+            if window - length >= 8:
+                fixes.append(f"a smaller budget (format max_length ≤ {window - length})")
+            raise PromptConfigError(
+                f"a {length}-position prompt plus {what}'s budget of {budget} input/target "
+                f"tokens ({length + budget}) exceeds {name}'s context window of {window} "
+                f"positions; use {' or '.join(fixes) or 'a model with a longer context'}"
+            )
+    if warn and (length > LARGE_PROMPT or (window is not None and length > window // 2)):
+        warnings.warn(
+            f"a {length}-position prompt is far larger than soft prompts usually are (5-150 "
+            f"positions): it costs memory and time in every step; check {option}",
+            PromptSizeWarning,
+            stacklevel=2,
+        )
 
 
 def expected_num_parameters(config: PromptConfig, geometry: ModelGeometry) -> int:

@@ -35,7 +35,13 @@ from promptatlas.configtools import from_dict
 from promptatlas.evaluation.predict import target_loss
 from promptatlas.formatting import TextLMFormatter, collate
 from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
-from promptatlas.prompts import PromptConfig, PromptedLM, SegmentConfig, SoftPrompt
+from promptatlas.prompts import (
+    PromptConfig,
+    PromptedLM,
+    SegmentConfig,
+    SoftPrompt,
+    check_context,
+)
 from promptatlas.prompts.config import PromptConfigError
 from promptatlas.prompts.injection import autocast_dtype
 from promptatlas.tasks import Example
@@ -132,6 +138,7 @@ class LanguagePromptConfig:
             object.__setattr__(self, "prompt", PromptConfig.from_dict(self.prompt, path="prompt"))
         object.__setattr__(self, "train", from_dict(TrainConfig, self.train, path="train"))
         object.__setattr__(self, "text", tuple(str(t) for t in self.text))
+        object.__setattr__(self, "lang", str(self.lang).strip().lower())  # "KO" → "ko"
         if not self.lang:
             raise ValueError("a language prompt needs a language code (e.g. 'ko')")
         if self.lang_length < 1 or self.task_length < 1:
@@ -171,7 +178,10 @@ class LanguagePromptResult:
     def describe(self) -> str:
         """The held-out LM loss before → after, or why there is none."""
         if self.heldout_loss_before is None or self.heldout_loss_after is None:
-            return f"no held-out text ({self.n_sequences} sequences; raise the text or heldout)"
+            return (
+                f"no held-out text ({self.n_sequences} packed sequences, too few to hold any "
+                "out; give more text: --text, a larger --text-limit, or transfer.text in a grid)"
+            )
         return f"held-out LM loss {self.heldout_loss_before:.3f} → {self.heldout_loss_after:.3f}"
 
 
@@ -218,6 +228,13 @@ def train_language_prompt(
     held = [c for i, c in enumerate(chunks) if step and i % step == step - 1][:n_held]
     held_set = set(held)
     train_texts = [c for c in chunks if c not in held_set]
+    check_context(
+        cfg.prompt_config.length,
+        handle,
+        budget=cfg.max_length,
+        task=formatter.name,
+        option="--lang-length + --task-length",
+    )
     prompt = SoftPrompt(cfg.prompt_config, handle.geometry)
     if cfg.prompt.init == "labels":
         raise ValueError("a language prompt has no label words: use init 'uniform' or 'vocab'")
