@@ -43,6 +43,7 @@ def _experiment(tmp_path: Path, body: str) -> Path:
         ("tasks: sa", ["tasks", "a list of strings", "'sa'"]),
         ('test_limit: "10"', ["test_limit", "an integer or null"]),
         ("steps: 3", ["steps", "put it under train"]),
+        ("train_by_task: {nil: {lr: 0.1}}", ["train_by_task", "['nil']", "not in tasks"]),
     ],
 )
 def test_experiment_type_errors_name_the_field_path(

@@ -81,8 +81,29 @@ def test_experiment_names_are_case_insensitive(tmp_path: Path) -> None:
     from promptatlas.experiments import experiment_from_mapping
 
     exp = experiment_from_mapping(
-        {"tasks": ["SA"], "langs": ["EN"], "methods": {"v1": {"method": "v1"}}, "skip": []},
+        {
+            "tasks": ["SA", "nli"],
+            "langs": ["EN"],
+            "methods": {"v1": {"method": "v1"}},
+            "skip": ["NLI-en"],
+            "train_by_task": {"Sa": {"batch_size": 3}},
+        },
         tmp_path / "e.yaml",
     )
-    assert exp.tasks == ("sa",) and exp.langs == ("en",)
-    assert exp.run_config("sa", "en", "v1", 1).task == "sa"
+    assert exp.tasks == ("sa", "nli") and exp.langs == ("en",)
+    assert exp.cells() == [("sa", "en", "v1", 42)]
+    cfg = exp.run_config("sa", "en", "v1", 1)
+    assert cfg.task == "sa" and cfg.train.batch_size == 3
+
+
+def test_grid_task_names_are_case_insensitive(tmp_path: Path) -> None:
+    from promptatlas.transfer import load_grid
+
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        "tasks: [sa, nli]\nlangs: [en, ko]\nmethods: {v1: {method: v1}}\n"
+        "transfer: {sources: [SA], targets: [NLI], text: {KO: [a.txt]}}\n"
+    )
+    grid = load_grid(path)
+    assert grid.transfer.sources == ("sa",) and grid.transfer.targets == ("nli",)
+    assert grid.language_config("ko", "v1", 1).text == ("a.txt",)

@@ -39,9 +39,7 @@ def _hints(cls: type) -> dict[str, Any]:
     try:
         return typing.get_type_hints(cls)
     except NameError:  # an annotation that cannot be resolved here: leave that field unchecked
-        return {
-            f.name: Any if isinstance(f.type, str) else f.type for f in dataclasses.fields(cls)
-        }
+        return {f.name: Any if isinstance(f.type, str) else f.type for f in dataclasses.fields(cls)}
 
 
 def _join(path: str, key: str) -> str:

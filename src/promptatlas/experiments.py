@@ -87,11 +87,21 @@ class ExperimentConfig:
         for name in ("tasks", "langs", "skip"):  # "SA" = "sa", as everywhere
             names = tuple(str(v).strip().lower() for v in getattr(self, name))
             object.__setattr__(self, name, names)
+        for name in ("train_by_task", "format_by_task"):
+            by_task = {str(k).strip().lower(): v for k, v in getattr(self, name).items()}
+            object.__setattr__(self, name, by_task)
         if not self.tasks or not self.langs or not self.methods:
             raise ExperimentError("an experiment needs tasks, langs and methods")
         unknown = set(self.train_by_method) - set(self.methods)
         if unknown:
             raise ExperimentError(f"train_by_method names unknown methods {sorted(unknown)}")
+        for name in ("train_by_task", "format_by_task"):  # a misspelt task would be ignored
+            unknown = set(getattr(self, name)) - set(self.tasks)
+            if unknown:
+                raise ExperimentError(
+                    f"{name} names tasks {sorted(unknown)} that are not in tasks "
+                    f"({', '.join(self.tasks)})"
+                )
         for cell in self.cells():  # validate every run config up front, before any training
             self.run_config(*cell)
 

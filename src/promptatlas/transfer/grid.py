@@ -81,12 +81,14 @@ class TransferSpec:
         if self.lang_length < 1 or self.task_length < 1:
             raise ExperimentError("transfer: lang_length and task_length must be ≥ 1")
         object.__setattr__(
-            self, "text", {str(k): tuple(str(p) for p in v) for k, v in self.text.items()}
+            self,
+            "text",
+            {str(k).strip().lower(): tuple(str(p) for p in v) for k, v in self.text.items()},
         )
-        for name in ("sources", "targets"):
+        for name in ("sources", "targets"):  # task names: "SA" = "sa"
             value = getattr(self, name)
             if value is not None:
-                object.__setattr__(self, name, tuple(value))
+                object.__setattr__(self, name, tuple(str(t).strip().lower() for t in value))
         from_dict(TrainConfig, self.language, path="transfer.language")  # validate early
         for method, options in self.language_by_method.items():
             check_fields(TrainConfig, options, path=f"transfer.language_by_method.{method}")
