@@ -4,7 +4,9 @@ Columns. ``columns`` maps our field names to the file's column names; fields not
 looked up under their own name. Fields:
 
 * ``input1`` (and ``input2`` for pair tasks): the input texts. QA: input1 = context,
-  input2 = question. CG: optional; by default the concepts joined by spaces.
+  input2 = question. CG: optional; by default the concepts joined by spaces. Unmapped inputs
+  are looked up under the task's input names (a task file's ``inputs``, e.g. ``premise``),
+  then under ``input1``/``input2``.
 * ``label`` (classification): the canonical label key (``"positive"``), the label word in the
   task's language (``"긍정"``; case-insensitive), or an integer index into
   ``TaskVariant.labels`` (an int in JSON, or a string of digits in CSV/TSV). The index order
@@ -18,8 +20,14 @@ looked up under their own name. Fields:
 * ``concepts`` (CG): a list, or a string of space-separated concepts.
 * ``uid`` (optional): an id; default ``<file stem>-<row index>``.
 
-CSV/TSV files need a header row. JSON is a list of objects; JSONL one object per line (blank
-lines ignored). Errors name the file and the line (JSON lists: the item index).
+A column name with dots (``labels.binary-label``) reaches into nested JSON objects when no
+column has that exact name.
+
+CSV/TSV files have a header row (``header=False``: columns are named ``"0"``, ``"1"``, … by
+position); ``delimiter`` overrides the format's; ``quoting=False`` reads double quotes as plain
+text (GLUE-style TSV, whose fields contain unescaped ``"``). JSON is a list of objects; JSONL
+one object per line (blank lines ignored). Errors name the file and the line (JSON lists: the
+item index).
 """
 
 from __future__ import annotations
@@ -36,6 +44,10 @@ from promptatlas.tasks.specs import Example, TaskVariant, get_task, validate_exa
 _ENCODING_FIX = "pass its encoding (load_file(..., encoding='cp949')) or " + REENCODE
 
 FIELDS = ("input1", "input2", "label", "target", "references", "concepts", "uid")
+_QUOTING_FIX = (
+    "if double quotes in this file are plain text (GLUE-style TSV), read it with quoting off "
+    "(task file: quoting: false; load_file(..., quoting=False); predict --no-quoting)"
+)
 FORMATS = {
     "csv": "csv",
     "tsv": "tsv",
@@ -46,14 +58,50 @@ FORMATS = {
 }
 
 
-def _column_map(columns: Mapping[str, str] | None) -> dict[str, str]:
+class Columns(dict[str, str]):
+    """field → column name, with fallback column names for unmapped inputs."""
+
+    fallbacks: dict[str, str]
+
+
+def _column_map(columns: Mapping[str, str] | None, task: TaskVariant | None = None) -> Columns:
     cols = dict(columns or {})
     unknown = sorted(set(cols) - set(FIELDS))
     if unknown:
         raise DataError(
             f"columns has unknown field(s) {unknown}; map these fields: {', '.join(FIELDS)}"
         )
-    return {f: cols.get(f, f) for f in FIELDS}
+    out = Columns({f: cols.get(f, f) for f in FIELDS})
+    out.fallbacks = {}
+    names = task.inputs if task is not None else ()
+    for i, name in enumerate(names[:2], 1):
+        field = f"input{i}"
+        if field not in cols:
+            out[field] = name  # the task's own input name first, then input1/input2
+            out.fallbacks[field] = field
+    return out
+
+
+def _lookup(row: Mapping[str, Any], col: str) -> Any:
+    """``row[col]``; a dotted name reaches into nested objects when no column has that name."""
+    if col in row:
+        return row[col]
+    if "." in col:
+        value: Any = row
+        for part in col.split("."):
+            if not isinstance(value, Mapping) or part not in value:
+                return None
+            value = value[part]
+        return value
+    return None
+
+
+def _value(row: Mapping[str, Any], field: str, cols: Mapping[str, str]) -> Any:
+    value = _lookup(row, cols[field])
+    fallback = getattr(cols, "fallbacks", {}).get(field)
+    if not _present(value) and fallback is not None:
+        value = _lookup(row, fallback)
+    return value
 
 
 def _present(value: Any) -> bool:
@@ -69,7 +117,7 @@ def _missing(row: Mapping[str, Any], field: str, cols: Mapping[str, str], loc: s
 
 def _get_text(row: Mapping[str, Any], field: str, cols: Mapping[str, str], loc: str) -> str:
     col = cols[field]
-    value = row.get(col)
+    value = _value(row, field, cols)
     if not _present(value):
         raise _missing(row, field, cols, loc)
     if not isinstance(value, str):
@@ -130,41 +178,50 @@ def row_to_example(
     cols: Mapping[str, str],
     loc: str,
     default_uid: str,
+    *,
+    require_label: bool = True,
 ) -> Example:
-    """Build and validate one example from a user row (see the module docstring)."""
+    """Build and validate one example from a user row (see the module docstring).
+
+    ``require_label=False`` (prediction): a row without a label (classification) or target
+    (generation) gives an example with ``label=None`` and an empty target."""
     spec = task.spec
-    uid_val = row.get(cols["uid"])
+    uid_val = _value(row, "uid", cols)
     uid = str(uid_val).strip() if _present(uid_val) else default_uid
     inputs: tuple[str, ...]
     if spec.kind == "classification":
         inputs = tuple(_get_text(row, f"input{i}", cols, loc) for i in range(1, spec.n_inputs + 1))
-        raw = row.get(cols["label"])
+        raw = _value(row, "label", cols)
+        if not _present(raw) and not require_label:
+            return Example(inputs=inputs, target="", label=None, uid=uid)
         if not _present(raw):
             raise _missing(row, "label", cols, loc)
         label = parse_label(raw, task, loc)
         ex = Example(inputs=inputs, target=task.verbalizers[label], label=label, uid=uid)
         return validate_example(ex, task, loc)
     concepts: tuple[str, ...] = ()
-    if spec.name == "cg":
-        if _present(row.get(cols["concepts"])):
-            concepts = _as_list(row[cols["concepts"]], "concepts", loc, split_words=True)
+    if spec.metric == "coverage":
+        if _present(_value(row, "concepts", cols)):
+            concepts = _as_list(_value(row, "concepts", cols), "concepts", loc, split_words=True)
         else:
             concepts = tuple(_get_text(row, "input1", cols, loc).split())
         concepts = tuple(dict.fromkeys(c for c in concepts if c))
         inputs = (
             (_get_text(row, "input1", cols, loc),)
-            if _present(row.get(cols["input1"]))
+            if _present(_value(row, "input1", cols))
             else (" ".join(concepts),)
         )
     else:
         inputs = tuple(_get_text(row, f"input{i}", cols, loc) for i in range(1, spec.n_inputs + 1))
     refs: tuple[str, ...] = ()
-    if _present(row.get(cols["references"])):
-        refs = _as_list(row[cols["references"]], "references", loc, split_words=False)
-    if _present(row.get(cols["target"])):
+    if _present(_value(row, "references", cols)):
+        refs = _as_list(_value(row, "references", cols), "references", loc, split_words=False)
+    if _present(_value(row, "target", cols)):
         target = _get_text(row, "target", cols, loc)
     elif refs:
         target = refs[0]
+    elif not require_label:
+        return Example(inputs=inputs, target="", concepts=concepts, uid=uid)
     else:
         raise DataError(
             f"{loc}: generation task {task.name} needs a {cols['target']!r} or "
@@ -179,31 +236,79 @@ def _detect_format(path: Path, fmt: str | None) -> str:
     key = (fmt or path.suffix.lstrip(".")).lower()
     if key not in FORMATS:
         raise DataError(
-            f"{path}: cannot tell the format from {key!r}; pass fmt= one of csv, tsv, json, jsonl"
+            f"{path}: cannot tell the format from {key!r}; pass fmt= one of csv, tsv, json, jsonl "
+            "(task file: format: tsv)"
         )
     return FORMATS[key]
 
 
+def _field_count_error(
+    loc: str, n: int, expected: int, quoting: bool, raw_lines: int, quoted: bool
+) -> DataError:
+    what = "more" if n > expected else "fewer"
+    text = f"{loc}: {n} fields, {what} than the header's {expected}"
+    if quoting and (quoted or raw_lines > 1):
+        text += f" (a double quote opened a quoted field here); {_QUOTING_FIX}"
+    elif n > expected:
+        text += "; quote fields that contain the delimiter"
+    else:
+        text += "; every row needs a value (may be empty) for each column"
+    return DataError(text)
+
+
 def _delimited_rows(
-    path: Path, delimiter: str, encoding: str = "utf-8-sig"
+    path: Path,
+    delimiter: str,
+    encoding: str = "utf-8-sig",
+    *,
+    quoting: bool = True,
+    header: bool = True,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     with open(path, encoding=encoding, newline="") as f:
         try:
-            reader = csv.DictReader(f, delimiter=delimiter)
-            if not reader.fieldnames:
+            reader = csv.reader(
+                f, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE
+            )
+            names: list[str] | None = None
+            previous = 0
+            for values in reader:
+                loc = where(path, reader.line_num)
+                lines = reader.line_num - previous
+                previous = reader.line_num
+                if not values or all(not v.strip() for v in values):
+                    continue  # blank line
+                if names is None:
+                    if header:
+                        names = [v.strip() for v in values]
+                        continue
+                    names = [str(i) for i in range(len(values))]
+                if len(values) != len(names):
+                    # Only a quoted field can hold the delimiter or a line end.
+                    quoted = any(delimiter in v or "\n" in v or '"' in v for v in values)
+                    raise _field_count_error(loc, len(values), len(names), quoting, lines, quoted)
+                if (
+                    quoting
+                    and delimiter == "\t"
+                    and lines > 1
+                    and any("\n" in v and "\t" in v for v in values)
+                ):
+                    # A quote that was plain text swallowed a delimiter and a line end.
+                    raise DataError(
+                        f"{loc}: a quoted field spans {lines} lines and holds the delimiter; "
+                        + _QUOTING_FIX
+                    )
+                yield loc, dict(zip(names, values, strict=True))
+            if names is None:
                 raise DataError(
                     f"{where(path, 1)}: empty file; a header row with column names is needed"
+                    if header
+                    else f"{path}: empty file"
                 )
-            for row in reader:
-                loc = where(path, reader.line_num)
-                if None in row:
-                    raise DataError(
-                        f"{loc}: more fields than the header's {len(reader.fieldnames)}; "
-                        "quote fields that contain the delimiter"
-                    )
-                if all(v is None or not str(v).strip() for v in row.values()):
-                    continue  # blank line
-                yield loc, row
+        except csv.Error as exc:
+            raise DataError(
+                f"{where(path, reader.line_num)}: not readable as "
+                f"{'TSV' if delimiter == chr(9) else 'CSV'} ({exc}); {_QUOTING_FIX}"
+            ) from None
         except UnicodeDecodeError as exc:
             raise decode_error(path, exc, encoding, _ENCODING_FIX) from None
 
@@ -244,37 +349,47 @@ def _resolve_task(task: str | TaskVariant, lang: str | None) -> TaskVariant:
 
 def load_file(
     path: str | Path,
-    task: str,
-    lang: str,
+    task: str | TaskVariant,
+    lang: str | None = None,
     *,
     columns: Mapping[str, str] | None = None,
     fmt: str | None = None,
     encoding: str = "utf-8",
+    delimiter: str | None = None,
+    quoting: bool = True,
+    header: bool = True,
+    require_label: bool = True,
 ) -> list[Example]:
-    """Examples of ``task``/``lang`` from a user's CSV/TSV/JSON/JSONL file.
+    """Examples of ``task``/``lang`` (a name, a task file, or a :class:`TaskVariant`) from a
+    user's CSV/TSV/JSON/JSONL file.
 
-    The format comes from the suffix unless ``fmt`` is given. See the module docstring for
-    ``columns`` and the accepted label forms (key, label word, or integer index). ``encoding``:
-    the file's text encoding (default UTF-8, with or without a byte-order mark; e.g. ``cp949``
-    or ``euc-kr`` for older Korean exports); text that does not decode is a :class:`DataError`
-    naming the file, line and byte.
+    The format comes from the suffix unless ``fmt`` is given (``examples``: the package's own
+    JSONL). See the module docstring for ``columns`` and the accepted label forms (key, label
+    word, or integer index). ``encoding``: the file's text encoding (default UTF-8, with or
+    without a byte-order mark; e.g. ``cp949`` or ``euc-kr`` for older Korean exports); text that
+    does not decode is a :class:`DataError` naming the file, line and byte. ``delimiter``,
+    ``quoting`` and ``header`` set the CSV/TSV dialect (module docstring).
+    ``require_label=False`` reads unlabelled rows too (prediction).
     """
     variant = _resolve_task(task, lang)
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"{p}: no such file")
+    if (fmt or "").lower() == "examples":
+        return read_examples(p, variant)
     kind = _detect_format(p, fmt)
-    cols = _column_map(columns)
+    cols = _column_map(columns, variant)
     codec = check_encoding(encoding)
     rows: Iterable[tuple[str, dict[str, Any]]]
     if kind in ("csv", "tsv"):
-        rows = _delimited_rows(p, "," if kind == "csv" else "\t", codec)
+        sep = delimiter or ("," if kind == "csv" else "\t")
+        rows = _delimited_rows(p, sep, codec, quoting=quoting, header=header)
     elif kind == "json":
         rows = _json_rows(p, codec)
     else:
         rows = _jsonl_rows(p, codec, _ENCODING_FIX)
     out = [
-        row_to_example(row, variant, cols, loc, f"{p.stem}-{i:05d}")
+        row_to_example(row, variant, cols, loc, f"{p.stem}-{i:05d}", require_label=require_label)
         for i, (loc, row) in enumerate(rows)
     ]
     if not out:
@@ -286,8 +401,8 @@ def load_file(
 
 def load_hf_dataset(
     name: str,
-    task: str,
-    lang: str,
+    task: str | TaskVariant,
+    lang: str | None,
     *,
     split: str,
     columns: Mapping[str, str],
@@ -299,7 +414,7 @@ def load_hf_dataset(
     whose order matches the common HF datasets (e.g. ``glue/sst2``, ``ag_news``, ``klue/ynat``).
     """
     variant = _resolve_task(task, lang)
-    cols = _column_map(columns)
+    cols = _column_map(columns, variant)
     try:
         import datasets  # type: ignore[import-not-found,unused-ignore]
     except ImportError:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from promptatlas.tasks.carve import sample
 from promptatlas.tasks.errors import DataError
-from promptatlas.tasks.files import read_examples
-from promptatlas.tasks.sources import load_source
+from promptatlas.tasks.registry import load_task_split
 from promptatlas.tasks.specs import Example, Split, TaskVariant, check_split, get_task
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "data"
@@ -49,25 +48,18 @@ def load_split(
     data_dir: str | Path | None = None,
     limit: int | None = None,
 ) -> list[Example]:
-    """Examples of one split of ``task`` in ``lang``.
+    """Examples of one split of ``task`` (a name or a task file) in ``lang``.
 
-    ``data_dir=None`` reads the bundled sample; otherwise ``data_dir`` is a folder laid out like
-    the shared data (``en/sst2/...``, ``ko/nsmc/...``) and the original files are parsed at full
-    size, with the same deterministic carving the sample builder uses. ``limit`` keeps the first
-    ``limit`` examples (files are in source order, which is already mixed).
+    Built-in tasks: ``data_dir=None`` reads the bundled sample; otherwise ``data_dir`` is a
+    folder laid out like the shared data (``en/sst2/...``, ``ko/nsmc/...``) and the original files
+    are parsed at full size, with the same deterministic carving the sample builder uses. Task
+    files: the split's data file (``data_dir`` replaces the task file's folder for relative
+    paths). ``limit`` keeps the first ``limit`` examples (files are in source order, which is
+    already mixed).
     """
     variant = get_task(task, lang)
     split = check_split(split)
     if limit is not None and limit < 0:
         raise DataError(f"limit must be >= 0 or None, got {limit}")
-    if data_dir is None:
-        path = sample_path(variant, split)
-        if not path.is_file():
-            raise DataError(
-                f"{path}: bundled sample missing; rebuild it with scripts/build_samples.py "
-                "or pass data_dir= to read the original files"
-            )
-        examples = read_examples(path, variant)
-    else:
-        examples = load_source(variant, data_dir)[split]
+    examples = load_task_split(variant, split, data_dir=data_dir)
     return examples if limit is None else examples[:limit]

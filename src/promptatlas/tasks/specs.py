@@ -1,8 +1,12 @@
-"""Task definitions: the six tasks of the thesis in English and Korean (SPEC §2).
+"""Task objects: :class:`Example`, :class:`TaskSpec` and :class:`TaskVariant` (SPEC §2).
 
 A :class:`TaskSpec` is language-independent (what is computed and how it is scored); a
 :class:`TaskVariant` is that task in one language with its data source, label words
 (verbalizers, thesis Appendix Tables 4-5) and input token budget (thesis Table 6).
+
+Tasks are defined by task files (:mod:`promptatlas.tasks.taskfile`): the six tasks of the thesis
+in English and Korean are shipped in ``promptatlas/tasks/defs/``; a user's own file works the same
+way (:mod:`promptatlas.tasks.registry`).
 
 Label order. ``TaskVariant.labels`` is the order used when a label is given as an integer index
 (``load_file``/``load_hf_dataset``). It follows the Hugging Face datasets' ``ClassLabel`` order of
@@ -22,10 +26,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Literal
 
-from promptatlas.tasks.errors import DataError, UnknownTaskError
+from promptatlas.tasks.errors import DataError
 
 TaskKind = Literal["classification", "generation"]
 Split = Literal["train", "dev", "test"]
@@ -83,6 +86,11 @@ class TaskVariant:
     official_split: bool
     source: str
     licence: str
+    # Names of the input fields (default column names in user files), and the optional text
+    # put before the inputs (instruction) or around them (template, with {field} slots).
+    inputs: tuple[str, ...] = ()
+    instruction: str | None = None
+    template: str | None = None
 
     @property
     def name(self) -> str:
@@ -133,234 +141,34 @@ class FrozenMap(Mapping[str, str]):
         return repr(self._data)
 
 
-def _v(mapping: dict[str, str]) -> Mapping[str, str]:
-    return FrozenMap(mapping)
-
-
-TASKS: Mapping[str, TaskSpec] = MappingProxyType(
-    {
-        "sts": TaskSpec(
-            "sts",
-            "classification",
-            2,
-            "binary_f1",
-            "Semantic textual similarity, binarised: > 3 similar, < 3 different, = 3 dropped.",
-        ),
-        "nli": TaskSpec(
-            "nli",
-            "classification",
-            2,
-            "macro_f1",
-            "Natural language inference (premise, hypothesis): entailment/neutral/contradiction.",
-        ),
-        "sa": TaskSpec(
-            "sa", "classification", 1, "accuracy", "Binary sentiment analysis of a review."
-        ),
-        "tc": TaskSpec("tc", "classification", 1, "macro_f1", "News topic classification."),
-        "qa": TaskSpec(
-            "qa",
-            "generation",
-            2,
-            "squad",
-            "Extractive QA answered generatively: inputs (context, question), target the answer.",
-        ),
-        "cg": TaskSpec(
-            "cg",
-            "generation",
-            1,
-            "coverage",
-            "Generative commonsense: write a sentence that uses every input concept.",
-        ),
-    }
-)
-
-_CC_BY_SA_4 = "CC BY-SA 4.0"
-_KLUE_LICENCE = "CC BY-SA 4.0 (KLUE; see LICENSE.KLUE.md in the source data)"
-
-
-def _variants() -> dict[str, TaskVariant]:
-    t = TASKS
-    out = [
-        TaskVariant(
-            t["sts"],
-            "en",
-            "STS-B",
-            ("different", "similar"),
-            _v({"different": "different", "similar": "similar"}),
-            "similar",
-            180,
-            True,
-            "STS benchmark (PhilipMay/stsb-multi-mt English files)",
-            "STS benchmark licence (sentences from public sources; see ixa2.si.ehu.eus/stswiki)",
-        ),
-        TaskVariant(
-            t["sts"],
-            "ko",
-            "KorSTS",
-            ("different", "similar"),
-            _v({"different": "상이", "similar": "유사"}),
-            "similar",
-            180,
-            True,
-            "KorSTS (kakaobrain/KorNLUDatasets)",
-            _CC_BY_SA_4,
-        ),
-        TaskVariant(
-            t["nli"],
-            "en",
-            "SNLI",
-            ("entailment", "neutral", "contradiction"),
-            _v(
-                {"entailment": "entailment", "neutral": "neutral", "contradiction": "contradiction"}
-            ),
-            None,
-            150,
-            False,
-            "SNLI 1.0 dev/test gold pairs (via the e-SNLI repository, MIT)",
-            _CC_BY_SA_4,
-        ),
-        TaskVariant(
-            t["nli"],
-            "ko",
-            "KorNLI",
-            ("entailment", "neutral", "contradiction"),
-            _v({"entailment": "함의", "neutral": "중립", "contradiction": "모순"}),
-            None,
-            150,
-            False,
-            "KorNLI XNLI-ko dev/test (kakaobrain/KorNLUDatasets)",
-            _CC_BY_SA_4,
-        ),
-        TaskVariant(
-            t["sa"],
-            "en",
-            "SST-2",
-            ("negative", "positive"),
-            _v({"negative": "negative", "positive": "positive"}),
-            "positive",
-            256,
-            True,
-            "GLUE SST-2 with labelled test (awake020/pytorch_Bert_sst2)",
-            "GLUE SST-2 (Stanford Sentiment Treebank; research use)",
-        ),
-        TaskVariant(
-            t["sa"],
-            "ko",
-            "NSMC",
-            ("negative", "positive"),
-            _v({"negative": "부정", "positive": "긍정"}),
-            "positive",
-            256,
-            False,
-            "NSMC first 5,000 train / 25,000 test rows (e9t/nsmc via chrisjihee/DeepKNLP)",
-            "CC0 1.0",
-        ),
-        TaskVariant(
-            t["tc"],
-            "en",
-            "AG News",
-            ("world", "sports", "business", "scitech"),
-            _v(
-                {"world": "world", "sports": "sports", "business": "business", "scitech": "scitech"}
-            ),
-            None,
-            80,
-            False,
-            "AG News test (tonyzhaozh/few-shot-learning) + 10k train subset (forest-snow/alps)",
-            "AG News: free for non-commercial research use (Zhang et al. 2015)",
-        ),
-        TaskVariant(
-            t["tc"],
-            "ko",
-            "KLUE-YNAT",
-            ("itscience", "economy", "society", "culture", "world", "sports", "politics"),
-            _v(
-                {
-                    "itscience": "IT과학",
-                    "economy": "경제",
-                    "society": "사회",
-                    "culture": "생활문화",
-                    "world": "세계",
-                    "sports": "스포츠",
-                    "politics": "정치",
-                }
-            ),
-            None,
-            80,
-            False,
-            "KLUE-YNAT v1.1 train/dev titles",
-            _KLUE_LICENCE,
-        ),
-        TaskVariant(
-            t["qa"],
-            "en",
-            "SQuAD v1.1",
-            (),
-            _v({}),
-            None,
-            400,
-            False,
-            "SQuAD v1.1 dev, rebuilt from the SQuAD explorer pages (48 articles)",
-            _CC_BY_SA_4,
-        ),
-        TaskVariant(
-            t["qa"],
-            "ko",
-            "KorQuAD 1.0",
-            (),
-            _v({}),
-            None,
-            400,
-            False,
-            "KorQuAD 1.0 dev (140 articles)",
-            "CC BY-ND 2.0 KR",
-        ),
-        TaskVariant(
-            t["cg"],
-            "en",
-            "CommonGen",
-            (),
-            _v({}),
-            None,
-            60,
-            True,
-            "CommonGen v1.0 (INK-USC/CommonGen @ f01ef0a)",
-            "MIT",
-        ),
-        TaskVariant(
-            t["cg"],
-            "ko",
-            "KommonGen",
-            (),
-            _v({}),
-            None,
-            60,
-            False,
-            "KommonGen dev + test 1.1 (nlpai-lab/KommonGen)",
-            "MIT",
-        ),
-    ]
-    return {v.name: v for v in out}
-
-
-VARIANTS: Mapping[str, TaskVariant] = MappingProxyType(_variants())
-
-
 def list_tasks() -> list[TaskVariant]:
-    """Every task/language pair available, in a fixed order (task, then language)."""
-    return list(VARIANTS.values())
+    """Every built-in task/language pair, in a fixed order (task, then language)."""
+    from promptatlas.tasks.registry import builtin_variants
+
+    return list(builtin_variants().values())
 
 
 def get_task(task: str, lang: str) -> TaskVariant:
-    """The variant of ``task`` in ``lang``; :class:`UnknownTaskError` lists the valid names."""
-    key = f"{str(task).strip().lower()}-{str(lang).strip().lower()}"
-    try:
-        return VARIANTS[key]
-    except KeyError:
-        raise UnknownTaskError(
-            f"unknown task {task!r} in language {lang!r}; valid tasks: {', '.join(TASKS)}; "
-            f"languages: {', '.join(LANGS)} (pairs: {', '.join(VARIANTS)})"
-        ) from None
+    """The variant of ``task`` in ``lang``: a built-in task, a task registered from a task file
+    or prompt metadata, or a task file path (``my-task.yaml``, read and registered).
+    :class:`UnknownTaskError` lists the valid names."""
+    from promptatlas.tasks.registry import resolve_task
+
+    return resolve_task(task, lang)
+
+
+# TASKS (built-in task name → spec) and VARIANTS ("sa-en" → variant) are read from the shipped
+# task files on first use (module __getattr__ below).
+TASKS: Mapping[str, TaskSpec]
+VARIANTS: Mapping[str, TaskVariant]
+
+
+def __getattr__(name: str) -> object:
+    if name in ("TASKS", "VARIANTS"):
+        from promptatlas.tasks import registry
+
+        return registry.BUILTIN_SPECS() if name == "TASKS" else registry.builtin_variants()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_split(split: str) -> Split:
@@ -400,6 +208,8 @@ def validate_example(ex: Example, task: TaskVariant, loc: str) -> Example:
             raise DataError(f"{loc}: empty target; a generation example needs its target text")
         if not ex.references or any(not r.strip() for r in ex.references):
             raise DataError(f"{loc}: generation examples need non-empty references")
-        if spec.name == "cg" and (not ex.concepts or any(not c.strip() for c in ex.concepts)):
+        if spec.metric == "coverage" and (
+            not ex.concepts or any(not c.strip() for c in ex.concepts)
+        ):
             raise DataError(f"{loc}: CG examples need their non-empty concepts")
     return ex
