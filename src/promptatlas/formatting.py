@@ -11,6 +11,7 @@ no sep token; mGPT in the thesis used ``</s>``). Any literal text can be configu
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,7 @@ class TaskFormatter:
         else:
             self.sep = self._tok(self.fmt.separator)
         self._label_ids: dict[str, list[int]] | None = None
+        self._pieces: tuple[list[int], list[list[int]], list[int]] | None = None
 
     @property
     def name(self) -> str:
@@ -92,22 +94,52 @@ class TaskFormatter:
         ids = self._tok(text)
         return [*ids, self.eos_id] if self.fmt.add_eos else ids
 
+    def _layout(self) -> tuple[list[int], list[list[int]], list[int]]:
+        """A task's instruction/template as token pieces: (prefix, the literal pieces before,
+        between and after the inputs, the order of the inputs)."""
+        if self._pieces is None:
+            task = self.task
+            prefix = self._tok(task.instruction) + self.sep if task.instruction else []
+            n = task.spec.n_inputs
+            if task.template is None:
+                literals: list[list[int]] = [[]] + [list(self.sep) for _ in range(n)]
+                order = list(range(n))
+            else:
+                literals, order = [[]], []
+                names = list(task.inputs)
+                for text, name, _, _ in string.Formatter().parse(task.template):
+                    if text:
+                        literals[-1] = literals[-1] + self._tok(text)
+                    if name is not None:
+                        order.append(names.index(name) if name in names else int(name[5:]) - 1)
+                        literals.append([])
+                literals[-1] = literals[-1] + list(self.sep)
+            self._pieces = (prefix, literals, order)
+        return self._pieces
+
     def encode_context(self, example: Example, reserve: int = 0) -> list[int]:
         """``<bos> x1 <sep> [x2 <sep>]`` truncated (longest input first, from its end) so that
-        context + ``reserve`` target tokens fit ``max_length``."""
+        context + ``reserve`` target tokens fit ``max_length``. A task with an instruction puts
+        ``instruction <sep>`` after ``<bos>``; a template puts its text around the inputs and
+        ends with ``<sep>`` (the decoding token)."""
+        if self.task.instruction or self.task.template:
+            return self._encode_templated(example, reserve)
         parts = [self._tok(x) for x in example.inputs]
         fixed = len(self.bos) + len(self.sep) * len(parts)
-        budget = max(1, self.max_length - reserve - fixed)
-        while sum(len(p) for p in parts) > budget:
-            longest = max(range(len(parts)), key=lambda i: len(parts[i]))
-            excess = sum(len(p) for p in parts) - budget
-            keep = max(1, len(parts[longest]) - excess)
-            if keep == len(parts[longest]):
-                break
-            parts[longest] = parts[longest][:keep]
+        _truncate(parts, max(1, self.max_length - reserve - fixed))
         ids = list(self.bos)
         for p in parts:
             ids += p + self.sep
+        return ids
+
+    def _encode_templated(self, example: Example, reserve: int) -> list[int]:
+        prefix, literals, order = self._layout()
+        parts = [self._tok(example.inputs[i]) for i in order]
+        fixed = len(self.bos) + len(prefix) + sum(len(p) for p in literals)
+        _truncate(parts, max(1, self.max_length - reserve - fixed))
+        ids = [*self.bos, *prefix, *literals[0]]
+        for part, literal in zip(parts, literals[1:], strict=True):
+            ids += part + literal
         return ids
 
     def encode(self, example: Example) -> EncodedExample:
@@ -125,6 +157,17 @@ class TaskFormatter:
             if empty:
                 raise ValueError(f"label words of {empty} tokenize to nothing")
         return self._label_ids
+
+
+def _truncate(parts: list[list[int]], budget: int) -> None:
+    """Shorten the longest part (from its end) until all parts fit ``budget`` tokens."""
+    while sum(len(p) for p in parts) > budget:
+        longest = max(range(len(parts)), key=lambda i: len(parts[i]))
+        excess = sum(len(p) for p in parts) - budget
+        keep = max(1, len(parts[longest]) - excess)
+        if keep == len(parts[longest]):
+            break
+        parts[longest] = parts[longest][:keep]
 
 
 class TextLMFormatter:
