@@ -35,6 +35,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -583,6 +584,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models and tokenizers are local
     # transformers' deprecation notices (past_key_values) would repeat at every evaluation
     warnings.filterwarnings("ignore", category=FutureWarning)
     if args.threads:
