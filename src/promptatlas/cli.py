@@ -20,8 +20,46 @@ __all__ = ["main"]
 
 
 def _name(text: str) -> str:
-    """Task and language names are case-insensitive: ``--task SA`` = ``--task sa``."""
-    return text.strip().lower()
+    """Task and language names are case-insensitive: ``--task SA`` = ``--task sa``; a task file
+    path (``--task my-task.yaml``) is kept as given."""
+    from promptatlas.tasks.taskfile import is_task_file
+
+    return text.strip() if is_task_file(text) else text.strip().lower()
+
+
+_SCORINGS: dict[str, dict[str, Any]] = {
+    "auto": {"length_normalise": None},
+    "sum": {"length_normalise": False},
+    "mean": {"length_normalise": True},
+    "first": {"first_token": True},
+}
+
+
+def _add_scoring(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--scoring",
+        choices=tuple(_SCORINGS),
+        default=None,
+        help="rank classification: sum, mean (length-normalised) or first-token log-probability "
+        "of each label word; auto (default): mean when the label words differ in token count",
+    )
+
+
+def _eval_options(args: argparse.Namespace) -> dict[str, Any]:
+    scoring = getattr(args, "scoring", None)
+    return dict(_SCORINGS[scoring]) if scoring else {}
+
+
+def _scored(result: Any) -> str:
+    """``71.2 [65.0, 77.1] (majority 52.7)``: the main score ×100 with its 95% interval and
+    the majority-class baseline of the evaluated examples."""
+    text = f"{100 * result.score:.1f}"
+    est = result.ci() if hasattr(result, "ci") else None
+    if est is not None:
+        text += f" [{100 * est.low:.1f}, {100 * est.high:.1f}]"
+    if "majority" in result.metrics:
+        text += f" (majority {100 * result.metrics['majority']:.1f})"
+    return text
 
 
 def _add_common_model(p: argparse.ArgumentParser) -> None:
@@ -83,8 +121,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
         default=None,
-        help="folder laid out like shared/data for the full datasets (default: bundled sample)",
+        help="folder laid out like shared/data for the full datasets (default: bundled sample); "
+        "for a task file: the folder its relative data paths start from",
     )
+    _add_scoring(p)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,7 +151,8 @@ def _parser() -> argparse.ArgumentParser:
         "--task",
         type=_name,
         required=True,
-        help="sts, nli, sa, tc, qa, cg (see `promptatlas tasks`)",
+        help="sts, nli, sa, tc, qa, cg (see `promptatlas tasks`), or your task file "
+        "(my-task.yaml; README 'Your own task')",
     )
     p.add_argument("--lang", type=_name, required=True, help="en or ko")
     p.add_argument(
@@ -148,7 +189,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("prompt_dir")
     p.add_argument("--split", choices=("train", "dev", "test"), default="test")
-    p.add_argument("--task", type=_name, default=None, help="evaluate on another task (zero-shot)")
+    p.add_argument(
+        "--task",
+        type=_name,
+        default=None,
+        help="evaluate on another task (zero-shot), or on the prompt's own task from a task file "
+        "(e.g. with moved data files); default: the task stored in the prompt",
+    )
     p.add_argument(
         "--lang", type=_name, default=None, help="evaluate on another language (zero-shot)"
     )
@@ -159,10 +206,46 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="classification: rank the label words (default) or generate",
     )
+    _add_scoring(p)
     p.add_argument("--data-dir", default=None)
     p.add_argument(
         "--force", action="store_true", help="load even if the model weights' fingerprint differs"
     )
+    _add_common_model(p)
+
+    p = sub.add_parser(
+        "predict",
+        help="predict the rows of a file (labelled or not) with a stored prompt",
+        description="Predict every row of a CSV/TSV/JSON/JSONL file with a stored prompt's own "
+        "task (from its metadata) and write one JSON line per row: uid, inputs, prediction, "
+        "label word and per-label scores (and gold when the row has a label). The file is read "
+        "like the task's test file unless options say otherwise.",
+    )
+    p.add_argument("prompt_dir")
+    p.add_argument("--file", required=True, help="the rows to predict")
+    p.add_argument("--out", required=True, help="JSONL file to write")
+    p.add_argument(
+        "--columns",
+        nargs="+",
+        default=(),
+        metavar="FIELD=COLUMN",
+        help="column mapping, e.g. input1=sentence1 input2=sentence2",
+    )
+    p.add_argument("--format", choices=("csv", "tsv", "json", "jsonl"), default=None)
+    p.add_argument("--delimiter", default=None, help="CSV/TSV field delimiter ('\\t' for tab)")
+    p.add_argument(
+        "--no-quoting",
+        dest="quoting",
+        action="store_false",
+        default=None,
+        help="double quotes are plain text (GLUE-style TSV)",
+    )
+    p.add_argument(
+        "--no-header", dest="header", action="store_false", default=None, help="no header row"
+    )
+    p.add_argument("--encoding", default=None, help="text encoding (default utf-8)")
+    p.add_argument("--limit", type=int, default=None)
+    _add_scoring(p)
     _add_common_model(p)
 
     p = sub.add_parser(
@@ -388,11 +471,21 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--size", type=int, default=None, help="layers per group (default depth/2)")
 
     sub.add_parser("models", help="list registered models", description="List registered models.")
-    sub.add_parser(
+    p = sub.add_parser(
         "tasks",
-        help="list tasks and languages",
-        description="List every task/language pair with its data source.",
+        help="list tasks and languages, or check a task file",
+        description="List every task/language pair with its data source; with --check, load "
+        "everything a task file names and print the counts per split and label, the majority "
+        "baseline and the label words' token counts.",
     )
+    p.add_argument("--check", default=None, metavar="TASK", help="a task file (or task name)")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"whose tokenizer counts the label words' tokens (default {DEFAULT_MODEL})",
+    )
+    p.add_argument("--data-dir", default=None, help="folder relative data paths start from")
+    p.add_argument("--quiet", action="store_true", help="no library progress bars or warnings")
     return parser
 
 
@@ -447,6 +540,7 @@ def _train_config(args: argparse.Namespace, method: str, *, default_steps: int =
 
 
 def _run_config(args: argparse.Namespace, task: str, lang: str, model: str, prompt: Any) -> Any:
+    from promptatlas.evaluation.evaluate import EvalConfig
     from promptatlas.formatting import FormatConfig
     from promptatlas.workflows import RunConfig
 
@@ -463,6 +557,7 @@ def _run_config(args: argparse.Namespace, task: str, lang: str, model: str, prom
         train_limit=args.train_limit,
         test_limit=args.test_limit,
         device=args.device,
+        eval=EvalConfig(**_eval_options(args)),
     )
 
 
@@ -474,10 +569,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = _run_config(args, args.task, args.lang, args.model, _prompt_config(args))
     with ResultsDB(args.db) as db:
         result = train_run(cfg, args.out, db=db, progress=not args.quiet, overwrite=args.overwrite)
-    base = result.untrained.score if result.untrained else float("nan")
+    from promptatlas.tasks import get_task
+
+    metric = get_task(cfg.task, cfg.lang).spec.metric
+    base = _scored(result.untrained) if result.untrained else "-"
     print(
-        f"{args.task}-{args.lang} {args.method}: untrained {100 * base:.1f} → trained "
-        f"{100 * result.trained.score:.1f} on test (n={result.trained.n}); saved {result.path}"
+        f"{cfg.task}-{cfg.lang} {args.method}: {metric} untrained {base} → trained "
+        f"{_scored(result.trained)} on test (n={result.trained.n}); saved {result.path}"
     )
     return 0
 
@@ -530,6 +628,9 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.source} is a language prompt; transfer a task prompt")
     lang = str(args.lang or meta.lang)
     task = str(args.to or meta.task)
+    from promptatlas.tasks import get_task
+
+    task = get_task(task, lang).spec.name  # a task file is read and named by its task name
     prompt = PromptConfig.from_dict(meta.prompt)
     args.lang_prompt_target = args.lang_prompt
     args.lang_prompt = None
@@ -566,6 +667,9 @@ def _cmd_zero_shot(args: argparse.Namespace) -> int:
     task, lang = args.task or meta.task, args.lang or meta.lang
     if task is None or lang is None:
         raise ValueError(f"{args.prompt} is a language prompt; give a task prompt")
+    from promptatlas.tasks import get_task
+
+    task = get_task(task, lang).spec.name  # a task file is read and named by its task name
     with ResultsDB(args.db) as db:
         result = zero_shot(
             args.prompt,
@@ -711,23 +815,81 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     meta = read_metadata(args.prompt_dir)
     target = eval_target(args.prompt_dir, meta, args.task, args.lang)  # before the model loads
+    # The prompt's own evaluation settings (e.g. its scoring), then the options given here.
+    stored = meta.config.get("eval") if isinstance(meta.config, dict) else None
+    options = {**(stored if isinstance(stored, dict) else {}), "mode": args.mode}
+    eval_config = EvalConfig(**{**options, **_eval_options(args)})
     handle = load_model(meta.model, device=args.device)
     with ResultsDB(args.db) as db:
         result = evaluate_stored(
             args.prompt_dir,
             split=args.split,
             handle=handle,
-            task=args.task,
-            lang=args.lang,
+            task=target.spec.name,
+            lang=target.lang,
             limit=args.limit,
             data_dir=args.data_dir,
-            eval_config=EvalConfig(mode=args.mode),
+            eval_config=eval_config,
             db=db,
             check_model=not args.force,
         )
     task = target.name
-    shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in result.metrics.items() if k != "score")
-    print(f"{args.prompt_dir} on {task} {args.split} (n={result.n}, {result.mode}): {shown}")
+    shown = ", ".join(
+        f"{k} {100 * v:.1f}" for k, v in result.metrics.items() if k not in ("score", "majority")
+    )
+    print(
+        f"{args.prompt_dir} on {task} {args.split} (n={result.n}, {result.mode}): "
+        f"{target.spec.metric} {_scored(result)}; {shown}"
+    )
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from promptatlas.evaluation.evaluate import EvalConfig
+    from promptatlas.outputs import check_output_path
+    from promptatlas.prediction import FileOptions, predict_file
+
+    columns = {}
+    for item in args.columns:
+        field, sep, column = item.partition("=")
+        if not sep or not field or not column:
+            raise ValueError(f"--columns takes FIELD=COLUMN pairs, got {item!r}")
+        columns[field.strip()] = column.strip()
+    check_output_path(args.out, kind="file", what="predictions file")  # before the model loads
+    options = FileOptions(
+        columns=columns,
+        fmt=args.format,
+        delimiter=_unescape(args.delimiter) if args.delimiter else None,
+        quoting=args.quoting,
+        header=args.header,
+        encoding=args.encoding,
+    )
+    eval_config = None
+    if args.scoring:
+        from promptatlas.bank import read_metadata
+
+        meta = read_metadata(args.prompt_dir)
+        stored = meta.config.get("eval") if isinstance(meta.config, dict) else None
+        eval_config = EvalConfig(
+            **{**(stored if isinstance(stored, dict) else {}), **_eval_options(args)}
+        )
+    result = predict_file(
+        args.prompt_dir,
+        args.file,
+        out=args.out,
+        options=options,
+        limit=args.limit,
+        eval_config=eval_config,
+        device=args.device,
+    )
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
+    line = f"{len(result.rows)} rows of {args.file} predicted as {result.task}"
+    line += f" ({counts})" if counts else ""
+    if result.metrics is not None:
+        line += "; against the file's labels: " + ", ".join(
+            f"{k} {100 * v:.1f}" for k, v in result.metrics.items() if k != "score"
+        )
+    print(f"{line}; written to {result.out}")
     return 0
 
 
@@ -877,8 +1039,17 @@ def _cmd_models(_: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_tasks(_: argparse.Namespace) -> int:
+def _cmd_tasks(args: argparse.Namespace) -> int:
     from promptatlas.tasks import list_tasks
+
+    if args.check:
+        from promptatlas.models import load_tokenizer
+        from promptatlas.tasks.check import check_task
+
+        tokenizer = load_tokenizer(args.model)
+        print(check_task(args.check, tokenizer=tokenizer, data_dir=args.data_dir))
+        print(f"(label-word tokens counted with the {args.model} tokenizer)")
+        return 0
 
     for t in list_tasks():
         labels = ", ".join(t.verbalizers[lab] for lab in t.labels) or "(generation)"
@@ -901,6 +1072,7 @@ _COMMANDS = {
     "analyze": _cmd_analyze,
     "models": _cmd_models,
     "tasks": _cmd_tasks,
+    "predict": _cmd_predict,
 }
 
 

@@ -43,6 +43,7 @@ from promptatlas.evaluation.evaluate import EvalConfig
 from promptatlas.formatting import FormatConfig
 from promptatlas.models import DEFAULT_MODEL, load_model
 from promptatlas.prompts import PromptConfig
+from promptatlas.tasks.registry import task_fingerprint, task_name
 from promptatlas.training import TrainConfig
 from promptatlas.workflows import RunConfig, dump_json, train_run
 
@@ -84,9 +85,12 @@ class ExperimentConfig:
     precision: str = "fp32"  # "bf16": backbone under bf16 autocast (≈3× faster on bf16 CPUs)
 
     def __post_init__(self) -> None:
-        for name in ("tasks", "langs", "skip"):  # "SA" = "sa", as everywhere
+        for name in ("langs", "skip"):  # "SA" = "sa", as everywhere
             names = tuple(str(v).strip().lower() for v in getattr(self, name))
             object.__setattr__(self, name, names)
+        # "SA" = "sa"; a task file (tasks: [my-task.yaml]) is read, registered and named by
+        # its task name.
+        object.__setattr__(self, "tasks", tuple(task_name(str(t)) for t in self.tasks))
         for name in ("train_by_task", "format_by_task"):
             by_task = {str(k).strip().lower(): v for k, v in getattr(self, name).items()}
             object.__setattr__(self, name, by_task)
@@ -145,6 +149,9 @@ class ExperimentConfig:
         aside, which only decides where it runs)."""
         data = self.run_config(task, lang, method, seed).to_dict()
         data.pop("device", None)
+        fingerprint = task_fingerprint(task, lang, self.data_dir)  # a user task's file and data
+        if fingerprint is not None:
+            data["task_fingerprint"] = fingerprint
         return data
 
     def cell_key(self, task: str, lang: str, method: str, seed: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -285,6 +286,22 @@ def eval_target(prompt_dir: str | Path, meta: Any, task: str | None, lang: str |
     return get_task(task_name, lang_name)
 
 
+def warn_changed_data(prompt_dir: str | Path, meta: Any, data_dir: str | None = None) -> list[str]:
+    """Warn (and return the descriptions) when data files of the prompt's task differ from the
+    ones it was trained on (their SHA-256 in its metadata): its stored scores and new ones are
+    then not comparable."""
+    from promptatlas.tasks.registry import changed_data
+
+    changes = changed_data(meta.data_files, meta.task, meta.lang, data_dir)
+    if changes:
+        warnings.warn(
+            f"the data of task {meta.task}-{meta.lang} changed since {prompt_dir} was trained: "
+            f"{'; '.join(changes)}. Its stored scores are not comparable with new ones",
+            stacklevel=2,
+        )
+    return changes
+
+
 def evaluate_stored(
     prompt_dir: str | Path,
     *,
@@ -306,6 +323,8 @@ def evaluate_stored(
     meta = read_metadata(prompt_dir)
     variant = eval_target(prompt_dir, meta, task, lang)  # before the model loads
     task_name, lang_name = variant.spec.name, variant.lang
+    if task_name == meta.task and lang_name == meta.lang:
+        warn_changed_data(prompt_dir, meta, data_dir)
     handle = handle or load_model(meta.model)
     stored: StoredPrompt = load_prompt(prompt_dir, handle, check_model=check_model)
     cfg_format = meta.config.get("format") if isinstance(meta.config, dict) else None

@@ -90,6 +90,11 @@ class PromptMetadata:
     # Where the weights were loaded from (ModelHandle.source); PEFT exports use it as
     # base_model_name_or_path. Defaulted so metadata written without it still reads.
     model_source: str = ""
+    # The task the prompt was trained on, as a task file with absolute data paths (so the
+    # prompt is evaluated without the original file), and the SHA-256 of its data files (so
+    # a changed data file is noticed). None for language prompts and older prompts.
+    task_definition: dict[str, Any] | None = None
+    data_files: dict[str, dict[str, str]] | None = None
 
     @property
     def prompt_config(self) -> PromptConfig:
@@ -110,7 +115,8 @@ class StoredPrompt:
     meta: PromptMetadata
 
 
-_REQUIRED = tuple(f.name for f in dataclasses.fields(PromptMetadata) if f.name != "model_source")
+_OPTIONAL = ("model_source", "task_definition", "data_files")
+_REQUIRED = tuple(f.name for f in dataclasses.fields(PromptMetadata) if f.name not in _OPTIONAL)
 
 
 def versions() -> dict[str, str]:
@@ -258,6 +264,7 @@ def save_prompt(
             f"({_describe_geometry(dataclasses.asdict(prompt.geometry))}) but the model "
             f"{handle.name!r} has ({_describe_geometry(dataclasses.asdict(handle.geometry))})"
         )
+    record = _task_record(task, lang, config)
     meta = PromptMetadata(
         format_version=FORMAT_VERSION,
         model=handle.name,
@@ -274,6 +281,8 @@ def save_prompt(
         num_parameters=prompt.num_parameters(),
         extra=dict(extra or {}),
         model_source=handle.source or handle.name,
+        task_definition=record["definition"] if record else None,
+        data_files=record["data"] if record else None,
     )
     # Serialise before touching the disk so a bad config value fails with nothing written.
     text = _dumps(meta.to_dict())
@@ -285,6 +294,21 @@ def save_prompt(
         save_file(prompt.state_tensors(), str(tmp / TENSORS_FILE), metadata={"format": "pt"})
         (tmp / METADATA_FILE).write_text(text, encoding="utf-8")
     return target
+
+
+def _task_record(
+    task: str | None, lang: str | None, config: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """The task definition and data-file hashes of ``task`` (see :class:`PromptMetadata`)."""
+    if task is None or lang is None:
+        return None
+    from promptatlas.tasks.registry import task_record
+
+    data_dir = (config or {}).get("data_dir")
+    try:
+        return task_record(task, lang, data_dir if isinstance(data_dir, str) else None)
+    except OSError:
+        return None  # an unreadable data file: the prompt is still saved, without hashes
 
 
 def update_metrics(directory: str | Path, metrics: Mapping[str, Any]) -> None:
@@ -354,9 +378,16 @@ def _parse_metadata(data: Mapping[str, Any], path: Path) -> PromptMetadata:
 
 
 def read_metadata(directory: str | Path) -> PromptMetadata:
-    """The metadata of a prompt directory, without reading its tensors."""
+    """The metadata of a prompt directory, without reading its tensors. A task definition
+    stored in it is registered when its task name is not known yet (so ``get_task`` finds the
+    prompt's own task without its task file)."""
     path = Path(directory) / METADATA_FILE
-    return _parse_metadata(_read_json(path), path)
+    meta = _parse_metadata(_read_json(path), path)
+    if isinstance(meta.task_definition, dict):
+        from promptatlas.tasks.registry import register_stored
+
+        register_stored(meta.task_definition, f"prompt {Path(directory)}")
+    return meta
 
 
 def _describe_geometry(geometry: Mapping[str, int]) -> str:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from promptatlas.evaluation.metrics import compute_metrics
 from promptatlas.evaluation.predict import generate, rank_classify
+from promptatlas.evaluation.scoring import check_label_words, resolve_length_normalise
 from promptatlas.formatting import TaskFormatter
 from promptatlas.prompts.injection import PromptedLM
 from promptatlas.tasks import Example
@@ -18,11 +19,17 @@ __all__ = ["EvalConfig", "EvalResult", "evaluate"]
 @dataclass(frozen=True)
 class EvalConfig:
     """How to predict. ``mode`` "rank" (classification default) scores each label's words;
-    "generate" decodes greedily and maps the text to a label (reported separately)."""
+    "generate" decodes greedily and maps the text to a label (reported separately).
+
+    Rank scoring (:mod:`promptatlas.evaluation.scoring`): ``length_normalise`` True = the mean
+    log-probability of a label word's tokens, False = their sum, None (default) = the mean when
+    the label words differ in token count, else the sum; ``first_token`` scores the first
+    token of each label word only."""
 
     mode: Literal["auto", "rank", "generate"] = "auto"
     batch_size: int = 16
-    length_normalise: bool = False
+    length_normalise: bool | None = None
+    first_token: bool = False
     score_eos: bool = False
     max_new_tokens: int = 32
 
@@ -63,13 +70,15 @@ def evaluate(
     if mode == "rank":
         if task.spec.kind != "classification":
             raise ValueError(f"rank classification needs a classification task, not {task.name}")
+        check_label_words(formatter, cfg)
         preds, _ = rank_classify(
             plm,
             formatter,
             examples,
             batch_size=cfg.batch_size,
-            length_normalise=cfg.length_normalise,
+            length_normalise=resolve_length_normalise(cfg, formatter),
             score_eos=cfg.score_eos,
+            first_token=cfg.first_token,
         )
         return EvalResult(compute_metrics(task, preds, examples), preds, len(examples), mode)
     texts = generate(

@@ -1,8 +1,11 @@
-"""Task metrics (SPEC §2, thesis §4.5.1). Every metric returns a float in [0, 1].
+"""Task metrics (SPEC §2, thesis §4.5.1). Every metric returns a float in [0, 1] (MCC: [-1, 1]).
 
 * classification: :func:`accuracy`, :func:`binary_f1` (F1 of the positive class),
   :func:`macro_f1` (scikit-learn ``average="macro"`` over the task's labels; a label never
-  predicted scores F1 = 0 and still counts in the mean).
+  predicted scores F1 = 0 and still counts in the mean), :func:`mcc` (Matthews correlation,
+  multi-class; 0 when all predictions or all gold labels are one class). Every classification
+  result also holds ``majority``: the main metric of always answering the most frequent gold
+  label of the scored examples (:func:`majority_baseline`), the score of doing nothing.
 * QA: :func:`squad_em_f1`. English = the official SQuAD v1.1 script (lower-case, drop ASCII
   punctuation and the articles a/an/the, squeeze whitespace; token-level F1). Korean = the
   official KorQuAD 1.0 script: its ``normalize_answer`` first replaces
@@ -62,6 +65,36 @@ def macro_f1(preds: Sequence[str], golds: Sequence[str], labels: Sequence[str]) 
 
 
 # --- QA ------------------------------------------------------------------------------------
+def mcc(preds: Sequence[str], golds: Sequence[str]) -> float:
+    """Matthews correlation coefficient (multi-class, scikit-learn), in [-1, 1]."""
+    _check_pairs(preds, golds)
+    from sklearn.metrics import matthews_corrcoef
+
+    return float(matthews_corrcoef(list(golds), list(preds)))
+
+
+def _classification(
+    task: TaskVariant, preds: Sequence[str], golds: Sequence[str]
+) -> dict[str, float]:
+    out = {"accuracy": accuracy(preds, golds), "macro_f1": macro_f1(preds, golds, task.labels)}
+    if len(task.labels) == 2 and task.positive_label is not None:
+        out["binary_f1"] = binary_f1(preds, golds, task.positive_label)
+    if task.spec.metric == "mcc":
+        out["mcc"] = mcc(preds, golds)
+    out["score"] = out[task.spec.metric]
+    return out
+
+
+def majority_baseline(task: TaskVariant, golds: Sequence[str]) -> tuple[str, float]:
+    """The most frequent gold label (ties: the first in the task's label order) and the main
+    metric of predicting it for every example."""
+    if not golds:
+        raise ValueError("no gold labels")
+    counts = Counter(golds)
+    label = max(task.labels, key=lambda lab: counts[lab])
+    return label, _classification(task, [label] * len(golds), golds)["score"]
+
+
 
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -252,20 +285,16 @@ def compute_metrics(
     """All metrics of ``task`` plus ``"score"``, its main metric.
 
     Classification: ``predictions`` are label keys; returns accuracy and macro_f1, plus
-    binary_f1 for binary tasks with a positive label. QA: mean em and f1 (score = f1).
-    CG: mean coverage (score = coverage).
+    binary_f1 for binary tasks with a positive label, mcc when it is the task's metric, and
+    ``majority`` (:func:`majority_baseline`). QA: mean em and f1 (score = f1). CG: mean
+    coverage (score = coverage).
     """
     _check_pairs(predictions, examples)
     spec = task.spec
     if spec.kind == "classification":
         golds = [str(ex.label) for ex in examples]
-        out = {
-            "accuracy": accuracy(predictions, golds),
-            "macro_f1": macro_f1(predictions, golds, task.labels),
-        }
-        if len(task.labels) == 2 and task.positive_label is not None:
-            out["binary_f1"] = binary_f1(predictions, golds, task.positive_label)
-        out["score"] = out[spec.metric]
+        out = _classification(task, predictions, golds)
+        out["majority"] = majority_baseline(task, golds)[1]
         return out
     if spec.metric == "squad":
         pairs = [

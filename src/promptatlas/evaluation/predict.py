@@ -57,17 +57,20 @@ def rank_classify(
     batch_size: int = 16,
     length_normalise: bool = False,
     score_eos: bool = False,
+    first_token: bool = False,
 ) -> tuple[list[str], torch.Tensor]:
     """Score every label's verbalizer after the context and pick the best (SPEC §2).
 
     Returns the predicted label keys and the (N, n_labels) scores (sum of log-probs, or their
-    mean with ``length_normalise``). The context is run once per example; the first label
-    token is read at the decoding token, and multi-token label words are continued from the
-    context's key/value cache (repeated once per label), so the context is never recomputed.
+    mean with ``length_normalise``; with ``first_token`` the log-prob of each label word's first
+    token only). The context is run once per example; the first label token is read at the
+    decoding token, and multi-token label words are continued from the context's key/value
+    cache (repeated once per label), so the context is never recomputed.
     """
     labels = list(formatter.task.labels)
     label_ids = formatter.label_token_ids()
-    suffix = [label_ids[lab] + ([formatter.eos_id] if score_eos else []) for lab in labels]
+    eos = [formatter.eos_id] if score_eos else []
+    suffix = [label_ids[lab][:1] if first_token else label_ids[lab] + eos for lab in labels]
     contexts = [
         formatter.encode_context(ex, reserve=max(len(s) for s in suffix)) for ex in examples
     ]

@@ -17,6 +17,7 @@ from promptatlas.models.registry import (
     cache_root,
     list_models,
     load_model,
+    load_tokenizer,
     resolve_device,
     weights_fingerprint,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "cache_root",
     "list_models",
     "load_model",
+    "load_tokenizer",
     "resolve_device",
     "weights_fingerprint",
 ]

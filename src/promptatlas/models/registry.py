@@ -379,6 +379,33 @@ def weights_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def load_tokenizer(name: str = DEFAULT_MODEL) -> Any:
+    """The tokenizer of a model (registry name, hub id or path) without its weights, with a
+    pad token as :func:`load_model` sets it."""
+    from transformers import AutoTokenizer
+
+    entry = MODELS.get(name)
+    online = os.environ.get("PROMPTATLAS_ONLINE") == "1"
+    path: str | Path = entry.load(cache_root()) if entry is not None else Path(name).expanduser()
+    if entry is None and not Path(path).exists():
+        if not online and not _in_hub_cache(name):
+            raise ModelNotAvailableError(
+                f"unknown model {name!r}: not a registered name ({', '.join(MODELS)}), not a "
+                "local directory, and not in the local Hugging Face cache"
+            )
+        path = name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=not online)
+    except OSError as exc:
+        raise ModelNotAvailableError(
+            f"the tokenizer of model {name!r} is not available offline "
+            f"({exc.__class__.__name__}); give a local directory"
+        ) from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     *,

@@ -266,8 +266,13 @@ def _delimited_rows(
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     with open(path, encoding=encoding, newline="") as f:
         try:
+            # strict: text after a closing quote ('"Hi," she said') is an error, not silently
+            # merged; such files have plain-text quotes and need quoting off.
             reader = csv.reader(
-                f, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE
+                f,
+                delimiter=delimiter,
+                quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE,
+                strict=quoting,
             )
             names: list[str] | None = None
             previous = 0

@@ -54,6 +54,7 @@ __all__ = [
     "registered_definition",
     "resolve_task",
     "task_fingerprint",
+    "task_name",
     "task_record",
 ]
 
@@ -167,6 +168,13 @@ def _definition_key(d: TaskDefinition) -> dict[str, Any]:
     out.pop("description", None)
     out.pop("columns", None)
     return out
+
+
+def task_name(task: str) -> str:
+    """The name of a task given by name (``"SA"`` → ``"sa"``) or by task file (read and
+    registered)."""
+    text = str(task).strip()
+    return load_task_file(text).name if is_task_file(text) else text.lower()
 
 
 def resolve_task(task: str, lang: str) -> TaskVariant:
@@ -331,21 +339,22 @@ def _file_hash(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()[:16]
 
 
-def data_hashes(task: str, lang: str, data_dir: str | Path | None = None) -> dict[str, str] | None:
-    """Absolute path → SHA-256 (16 hex digits) of every data file of ``task`` in ``lang``; None
-    for a built-in task read from ``data_dir`` (the original files) or an unknown task.
-    Missing files are left out."""
+def data_hashes(
+    task: str, lang: str, data_dir: str | Path | None = None
+) -> dict[str, dict[str, str]] | None:
+    """split → ``{"file": absolute path, "sha256": first 16 hex digits}`` of every data file of
+    ``task`` in ``lang``; None for a built-in task read from ``data_dir`` (the original files) or
+    an unknown task. Missing files are left out."""
     definition = registered_definition(task)
     if definition is None or lang not in definition.languages:
         return None
     if is_builtin(definition.name) and data_dir is not None:
         return None
-    base = _base(definition, data_dir)
     out = {}
-    for path in definition.data_files(lang, base).values():
+    for split, path in definition.data_files(lang, _base(definition, data_dir)).items():
         path_s, size, mtime = _stat(Path(os.path.abspath(path)))
         if size >= 0:
-            out[path_s] = _file_hash(path_s, size, mtime)
+            out[split] = {"file": path_s, "sha256": _file_hash(path_s, size, mtime)}
     return out
 
 
@@ -373,16 +382,21 @@ def changed_data(
     stored: Mapping[str, Any] | None, task: str, lang: str, data_dir: Any = None
 ) -> list[str]:
     """Descriptions of the data files whose content differs from ``stored`` (a prompt's
-    ``task.data``) — changed, or no longer there."""
+    ``data_files``, as :func:`data_hashes` gives them), split by split: changed, or gone.
+    A file that moved but kept its content is not a change."""
     if not stored:
         return []
     now = data_hashes(task, lang, data_dir) or {}
     out = []
-    for path, digest in stored.items():
-        if path not in now:
-            if not Path(path).exists():
-                out.append(f"{path} is gone")
+    for split, before in stored.items():
+        if not isinstance(before, Mapping):
             continue
-        if now[path] != digest:
-            out.append(f"{path} changed (sha256 {digest} → {now[path]})")
+        after = now.get(split)
+        if after is None:
+            out.append(f"the {split} file {before.get('file')} is gone")
+        elif after["sha256"] != before.get("sha256"):
+            out.append(
+                f"the {split} file {after['file']} changed (sha256 {before.get('sha256')} → "
+                f"{after['sha256']})"
+            )
     return out
