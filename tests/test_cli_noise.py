@@ -30,7 +30,7 @@ def test_quiet_prints_only_the_result(tmp_path: Path) -> None:
     )  # fmt: skip
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == "", quiet.stderr  # no "Loading weights", FutureWarning, [transformers]
-    assert quiet.stdout.startswith("sa-en v2: untrained") and quiet.stdout.count("\n") == 1
+    assert quiet.stdout.startswith("sa-en v2: accuracy untrained") and quiet.stdout.count("\n") == 1
 
 
 def test_help_texts(capsys: pytest.CaptureFixture[str]) -> None:

@@ -92,7 +92,7 @@ def test_ctrl_c_then_rerun_resumes_at_that_step(
         == 0
     )
 
-    real = trainer.target_loss
+    real = trainer.rank_loss  # NLI is classification: the default objective is "rank"
     calls: list[int] = []
 
     def spy(*a: Any, **kw: Any) -> Any:
@@ -101,7 +101,7 @@ def test_ctrl_c_then_rerun_resumes_at_that_step(
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while step 3 runs
         return real(*a, **kw)
 
-    monkeypatch.setattr(trainer, "target_loss", spy)
+    monkeypatch.setattr(trainer, "rank_loss", spy)
     interrupt = True
     code, _, err = _run(capsys, *args, "--out", str(out), "--overwrite")
     assert code == 130

@@ -89,6 +89,7 @@ def train_set() -> list[Any]:
 
 
 def _source(handle: Any, kind: str = "v1", length: int = 4, **kw: Any) -> SoftPrompt:
+    kw.setdefault("init", "uniform")  # these tests vary init_range
     prompt = SoftPrompt(PromptConfig(length=length, **KINDS[kind], **kw), handle.geometry)
     prompt.initialise(handle, generator=torch.Generator().manual_seed(0))
     return prompt
@@ -233,7 +234,9 @@ def test_training_lowers_target_loss(
     source_h, target_h = handles[pair[0]], handles[pair[1]]
     source = _source(source_h, kind)
     fmt = _formatter(target_h)
-    cfg = TrainConfig(steps=20, batch_size=8, lr=0.01, warmup=0.0, checkpoint_every=0)
+    cfg = TrainConfig(
+        steps=20, batch_size=8, lr=0.01, warmup=0.0, checkpoint_every=0, objective="lm"
+    )
     projector, result = train_projector(
         source,
         target_h,

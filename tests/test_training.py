@@ -34,13 +34,42 @@ def test_loss_goes_down(tiny_handles: dict[str, Any], train_set: list[Any], meth
 
     with torch.no_grad():
         before = float(target_loss(plm, batch))
-    cfg = TrainConfig(steps=25, batch_size=8, lr=0.3, warmup=0.0, checkpoint_every=0)
+    cfg = TrainConfig(
+        steps=25, batch_size=8, lr=0.3, warmup=0.0, checkpoint_every=0, objective="lm"
+    )
     result = train_prompt(plm, fmt, train_set, cfg, progress=False)
     with torch.no_grad():
         after = float(target_loss(plm, batch))
     assert after < before - 0.2, (before, after)
     losses = [h["loss"] for h in result.history]
     assert sum(losses[-5:]) < sum(losses[:5])
+
+
+@pytest.mark.parametrize("method", ["v1", "v2"])
+def test_rank_loss_goes_down(
+    tiny_handles: dict[str, Any], train_set: list[Any], method: str
+) -> None:
+    from promptatlas.evaluation.predict import label_suffixes, rank_loss
+    from promptatlas.formatting import EncodedExample
+
+    plm, fmt = _setup(tiny_handles["tiny-llama"], method)
+    contexts = [fmt.encode_context(ex, reserve=1) for ex in train_set]
+    batch = collate(
+        [EncodedExample(tuple(c), len(c)) for c in contexts], fmt.tokenizer.pad_token_id
+    )
+    golds = torch.tensor([fmt.task.labels.index(str(ex.label)) for ex in train_set])
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(rank_loss(plm, batch, golds, label_suffixes(fmt)))
+
+    before = loss()
+    cfg = TrainConfig(
+        steps=25, batch_size=8, lr=0.3, warmup=0.0, checkpoint_every=0, objective="rank"
+    )
+    result = train_prompt(plm, fmt, train_set, cfg, progress=False)
+    assert result.objective == "rank" and result.lr == 0.3
+    assert loss() < before - 0.05, (before, loss())
 
 
 def test_same_seed_same_bytes(tiny_handles: dict[str, Any], train_set: list[Any]) -> None:
@@ -115,8 +144,9 @@ def test_early_stopping_keeps_best(tiny_handles: dict[str, Any], train_set: list
     assert evaluate(plm, fmt, list(dev)[: cfg.dev_limit]).score == result.best_dev
     if result.stopped_early:
         assert result.steps < 40
-        last_best = max(i for i, (_, v) in enumerate(seen) if v == result.best_dev)
-        assert len(seen) - 1 - last_best == 2  # stopped after `patience` evaluations w/o gain
+        # Only a strictly better score counts as a gain, so a tie later does not reset it.
+        first_best = min(i for i, (_, v) in enumerate(seen) if v == result.best_dev)
+        assert len(seen) - 1 - first_best == 2  # stopped after `patience` evaluations w/o gain
 
 
 def test_config_errors_name_the_problem(tiny_handles: dict[str, Any]) -> None:
@@ -138,15 +168,19 @@ def _counting_loss(monkeypatch: pytest.MonkeyPatch, at: int | None, action: Any)
     from promptatlas.training import trainer
 
     calls: list[int] = []
-    real = trainer.target_loss
 
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        if at is not None and len(calls) == at:
-            action()
-        return real(*args, **kwargs)
+    def spying(real: Any) -> Any:
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            if at is not None and len(calls) == at:
+                action()
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "target_loss", spy)
+        return spy
+
+    # Whichever objective the run uses (classification defaults to "rank").
+    monkeypatch.setattr(trainer, "target_loss", spying(trainer.target_loss))
+    monkeypatch.setattr(trainer, "rank_loss", spying(trainer.rank_loss))
     return calls
 
 

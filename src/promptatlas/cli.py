@@ -91,25 +91,43 @@ def _add_checkpoint_every(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    from promptatlas.models.precision import PRECISIONS
+
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto (default): bf16 autocast of the frozen model where the hardware runs bf16 "
+        "natively (AVX512-BF16/AMX CPUs, bf16 GPUs), else float32; fp32; bf16 (slow where "
+        "emulated, e.g. AVX2-only CPUs). The prompt stays float32",
+    )
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from promptatlas.training.defaults import DEFAULTS, describe_lr
+
     p.add_argument("--steps", type=int, default=None, help="optimisation steps (default 200)")
     p.add_argument("--epochs", type=float, default=None, help="epochs instead of steps")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument(
-        "--lr", type=float, default=None, help="learning rate (default 0.3 for v1, 0.01 for v2)"
+        "--lr", type=float, default=None, help=f"learning rate (default {describe_lr()})"
+    )
+    p.add_argument(
+        "--objective",
+        choices=("auto", "lm", "rank"),
+        default="auto",
+        help="training loss: lm = -log p(label words, eos) (SPEC), rank = cross-entropy over the "
+        "labels' rank-classification scores; auto (default) = "
+        + ", ".join(f"{m}: {d.objective}" for m, d in DEFAULTS.items())
+        + " for classification, lm for generation",
     )
     p.add_argument("--eval-every", type=int, default=0, help="dev evaluation every N steps")
     p.add_argument("--patience", type=int, default=None, help="early stopping patience (evals)")
     _add_checkpoint_every(p)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument(
-        "--precision",
-        choices=("fp32", "bf16"),
-        default="fp32",
-        help="bf16: run the frozen model under bf16 autocast (≈3× faster on CPUs with bf16 "
-        "instructions and on GPUs); the prompt stays float32",
-    )
+    _add_precision(p)
     p.add_argument(
         "--separator",
         default="sep_token",
@@ -129,6 +147,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     from promptatlas.models import DEFAULT_MODEL
+    from promptatlas.training.defaults import DEFAULTS, describe_lr
 
     parser = argparse.ArgumentParser(
         prog="promptatlas",
@@ -169,7 +188,14 @@ def _parser() -> argparse.ArgumentParser:
         help="v2: shared key=value prefix (thesis) or separate (PEFT prefix tuning)",
     )
     p.add_argument("--layers", default=None, help="v2 layer subset, e.g. 0,1,2,15,16,17")
-    p.add_argument("--init", choices=("uniform", "vocab", "labels"), default="uniform")
+    p.add_argument(
+        "--init",
+        choices=("uniform", "vocab", "labels"),
+        default=None,
+        help="prompt initialisation (default "
+        + ", ".join(f"{m}: {d.init}" for m, d in DEFAULTS.items())
+        + ")",
+    )
     p.add_argument(
         "--lang-prompt",
         default=None,
@@ -313,17 +339,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("v1", "v2"), default=None, help="default v2")
     p.add_argument("--kv", choices=("shared", "separate"), default="shared")
     p.add_argument("--layers", default=None, help="v2 layer subset, e.g. 0,1,2,15,16,17")
-    p.add_argument("--init", choices=("uniform", "vocab"), default="uniform")
+    p.add_argument("--init", choices=("uniform", "vocab"), default=None, help="default vocab")
     p.add_argument("--length", type=int, default=20, help=argparse.SUPPRESS)
     p.add_argument("--lang-length", type=int, default=10, help="language positions (default 10)")
     p.add_argument("--task-length", type=int, default=10, help="task positions (default 10)")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=None, help="default 0.1 (v1), 0.01 (v2)")
+    p.add_argument("--lr", type=float, default=None, help=f"default {describe_lr(language=True)}")
     p.add_argument("--max-length", type=int, default=64, help="tokens per training sequence")
     p.add_argument("--text-limit", type=int, default=None, help="use at most this many lines")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    _add_precision(p)
     _add_checkpoint_every(p)
     p.add_argument("--out", required=True, help="prompt directory to create")
     _add_overwrite(p)
@@ -415,7 +441,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--init-steps", type=int, default=0, help="train projected prompts N steps")
     p.add_argument("--test-limit", type=int, default=200)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    _add_precision(p)
     p.add_argument("--separator", default="sep_token")
     _add_checkpoint_every(p)
     p.add_argument("--out", required=True, help="folder for the projector and projected prompts")
@@ -500,9 +526,8 @@ def _prompt_config(args: argparse.Namespace) -> Any:
             raise ValueError(
                 f"--layers takes comma-separated integers, got {args.layers!r}"
             ) from None
-    return PromptConfig(
-        method=args.method, length=args.length, kv=args.kv, layers=layers, init=args.init
-    )
+    init = {"init": args.init} if getattr(args, "init", None) else {}
+    return PromptConfig(method=args.method, length=args.length, kv=args.kv, layers=layers, **init)
 
 
 def _unescape(text: str) -> str:
@@ -524,14 +549,14 @@ def _method_of(args: argparse.Namespace) -> str:
 def _train_config(args: argparse.Namespace, method: str, *, default_steps: int = 200) -> Any:
     from promptatlas.training import TrainConfig
 
-    lr = args.lr if args.lr is not None else (0.3 if method == "v1" else 0.01)
     steps = args.steps if args.steps is not None or args.epochs is not None else default_steps
     return TrainConfig(
         steps=steps,
         epochs=args.epochs,
         batch_size=args.batch_size,
         grad_accum=args.grad_accum,
-        lr=lr,
+        lr=args.lr,  # None: the method's default (promptatlas.training.defaults)
+        objective=args.objective,
         eval_every=args.eval_every,
         patience=args.patience,
         checkpoint_every=args.checkpoint_every,
@@ -586,7 +611,6 @@ def _cmd_lang_prompt(args: argparse.Namespace) -> int:
     from promptatlas.transfer import LanguagePromptConfig, train_language_prompt
 
     args.method = args.method or "v2"
-    lr = args.lr if args.lr is not None else (0.1 if args.method == "v1" else 0.01)
     cfg = LanguagePromptConfig(
         lang=args.lang,
         model=args.model,
@@ -596,7 +620,7 @@ def _cmd_lang_prompt(args: argparse.Namespace) -> int:
         train=TrainConfig(
             steps=args.steps,
             batch_size=args.batch_size,
-            lr=lr,
+            lr=args.lr,  # None: the method's language-prompt default
             warmup=0.1,
             checkpoint_every=args.checkpoint_every,
             seed=args.seed,
@@ -751,7 +775,6 @@ def _cmd_project(args: argparse.Namespace) -> int:
             prompt=PromptConfig(method=method, length=args.length),  # type: ignore[arg-type]
             train=TrainConfig(
                 steps=args.source_steps,
-                lr=0.1 if method == "v1" else 0.01,
                 checkpoint_every=args.checkpoint_every,
                 seed=args.seed,
             ),

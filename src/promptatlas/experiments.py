@@ -41,7 +41,7 @@ from promptatlas.bank import ResultsDB, read_metadata, write_text_atomic
 from promptatlas.configtools import ConfigError, check_fields, config_hash, from_dict
 from promptatlas.evaluation.evaluate import EvalConfig
 from promptatlas.formatting import FormatConfig
-from promptatlas.models import DEFAULT_MODEL, load_model
+from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
 from promptatlas.prompts import PromptConfig
 from promptatlas.tasks.registry import task_fingerprint, task_name
 from promptatlas.training import TrainConfig
@@ -82,7 +82,7 @@ class ExperimentConfig:
     test_limit: int | None = None
     device: str | None = None
     skip: tuple[str, ...] = ()  # "task-lang" pairs to leave out
-    precision: str = "fp32"  # "bf16": backbone under bf16 autocast (≈3× faster on bf16 CPUs)
+    precision: str = "auto"  # "auto": bf16 autocast where the hardware has native bf16, else fp32
 
     def __post_init__(self) -> None:
         for name in ("langs", "skip"):  # "SA" = "sa", as everywhere
@@ -234,6 +234,7 @@ def _table_rows(exp: ExperimentConfig) -> list[dict[str, Any]]:
         history = meta.extra.get("history") or [{}]
         test = meta.metrics.get("test", {})
         base = meta.metrics.get("untrained_test", {})
+        gain = meta.metrics.get("gain")  # trained − untrained with its paired 95% interval
         rows.append(
             {
                 "task": task,
@@ -246,6 +247,9 @@ def _table_rows(exp: ExperimentConfig) -> list[dict[str, Any]]:
                 "gain": (test.get("score") - base.get("score"))
                 if test.get("score") is not None and base.get("score") is not None
                 else None,
+                "trained_ci": test.get("ci"),
+                "gain_ci": [gain["low"], gain["high"]] if gain else None,
+                "significant": gain.get("significant") if gain else None,
                 "accuracy": test.get("accuracy"),
                 "n_test": test.get("n"),
                 "loss_first": _round(history[0].get("loss")),
@@ -275,7 +279,7 @@ def _metric_name(metrics: Mapping[str, Any]) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """Plain-text results table (scores ×100)."""
+    """Plain-text results table (scores ×100; 95% bootstrap intervals, the gain's paired)."""
     cols = [
         "task",
         "lang",
@@ -284,7 +288,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         "metric",
         "untrained",
         "trained",
+        "trained_ci",
         "gain",
+        "gain_ci",
         "loss_first",
         "loss_last",
         "params",
@@ -294,6 +300,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     def cell(v: Any, c: str) -> str:
         if isinstance(v, float) and c in ("untrained", "trained", "gain"):
             return f"{100 * v:.1f}"
+        if c in ("trained_ci", "gain_ci") and v:
+            return f"[{100 * v[0]:.1f}, {100 * v[1]:.1f}]"
         return "" if v is None else str(v)
 
     table = [[c for c in cols]] + [[cell(r.get(c), c) for c in cols] for r in rows]
@@ -322,10 +330,14 @@ def run_experiment(
     exp: ExperimentConfig,
     *,
     db: ResultsDB | None = None,
+    handle: ModelHandle | None = None,
     progress: bool = True,
     log: Any = print,
 ) -> list[dict[str, Any]]:
-    """Run every cell not finished yet, then write and return the results table."""
+    """Run every cell not finished yet, then write and return the results table.
+
+    ``handle``: an already loaded model (it must be ``exp.model``); loaded when needed
+    otherwise."""
     owns_db = db is None
     db = ResultsDB() if db is None else db
     started = time.perf_counter()
@@ -342,7 +354,8 @@ def run_experiment(
             f"[{exp.name}] {len(cells)} runs on {exp.model}: {reused} reused, {len(todo)} to run"
             + (f" ({changed} with changed settings)" if changed else "")
         )
-        handle = load_model(exp.model, device=exp.device) if todo else None
+        if handle is None and todo:
+            handle = load_model(exp.model, device=exp.device)
         for n, cell in enumerate(todo, 1):
             task, lang, method, seed = cell
             cfg = exp.run_config(*cell)

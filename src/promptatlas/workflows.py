@@ -28,10 +28,11 @@ from promptatlas.bank import (
     update_metrics,
     write_text_atomic,
 )
-from promptatlas.evaluation.evaluate import EvalConfig, EvalResult, evaluate
 from promptatlas.configtools import from_dict
+from promptatlas.evaluation.evaluate import EvalConfig, EvalResult, evaluate, paired_gain
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
+from promptatlas.models.precision import check_precision, resolve_precision
 from promptatlas.prompts import PromptConfig, PromptedLM, SoftPrompt, check_context
 from promptatlas.prompts.injection import autocast_dtype
 from promptatlas.tasks import Example, get_task, load_split
@@ -79,7 +80,7 @@ class RunConfig:
     dev_limit: int | None = 200
     test_limit: int | None = None
     baseline: bool = True  # also evaluate the untrained prompt on test
-    precision: str = "fp32"  # "fp32", or "bf16": the frozen backbone under bf16 autocast
+    precision: str = "auto"  # "auto" (bf16 where native, else fp32), "fp32" or "bf16"
     device: str | None = None
     attn_implementation: str = "eager"
 
@@ -94,8 +95,7 @@ class RunConfig:
         variant = get_task(self.task, self.lang)  # fails early, listing valid names
         object.__setattr__(self, "task", variant.spec.name)  # "SA" → "sa"
         object.__setattr__(self, "lang", variant.lang)
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        check_precision(self.precision)
         for name in ("train_limit", "dev_limit", "test_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -179,7 +179,7 @@ def build_prompt(cfg: RunConfig, handle: ModelHandle, formatter: TaskFormatter) 
 
 
 def _summary(result: EvalResult) -> dict[str, Any]:
-    return {**result.metrics, "n": result.n, "mode": result.mode}
+    return result.summary()
 
 
 def train_run(
@@ -212,7 +212,7 @@ def train_run(
     dev = load_examples(cfg, "dev") if cfg.train.eval_every else None
     test = load_examples(cfg, "test")
     prompt = build_prompt(cfg, handle, formatter) if prompt is None else prompt
-    plm = PromptedLM(handle, prompt, autocast_dtype=autocast_dtype(cfg.precision))
+    plm = PromptedLM(handle, prompt, autocast_dtype=autocast_dtype(cfg.precision, handle.device))
     untrained = evaluate(plm, formatter, test, cfg.eval) if cfg.baseline else None
     result = train_prompt(
         plm,
@@ -229,9 +229,15 @@ def train_run(
     metrics: dict[str, Any] = {"test": _summary(trained)}
     if untrained is not None:
         metrics["untrained_test"] = _summary(untrained)
+        # trained − untrained on the same test examples, with a paired bootstrap interval
+        gain = paired_gain(trained.examples, untrained.examples)
+        if gain is not None:
+            metrics["gain"] = gain
     if result.best_dev is not None:
         metrics["dev_best"] = {"score": result.best_dev, "step": result.best_step}
     config = cfg.to_dict()
+    config["resolved_precision"] = resolve_precision(cfg.precision, handle.device)
+    config["resolved_train"] = {"lr": result.lr, "objective": result.objective}
     save_prompt(
         out,
         prompt,
@@ -267,9 +273,10 @@ def train_run(
                 prompt_dir=str(out),
                 **common,
             )
-        db.record(
-            kind="train", split="test", metrics=_summary(trained), prompt_dir=str(out), **common
-        )
+        trained_row = {**_summary(trained)}
+        if "gain" in metrics:
+            trained_row["gain"] = metrics["gain"]
+        db.record(kind="train", split="test", metrics=trained_row, prompt_dir=str(out), **common)
     remove_checkpoint(checkpoints)
     return RunResult(out, metrics, untrained, trained, result.steps, result.seconds)
 
@@ -331,9 +338,12 @@ def evaluate_stored(
     fmt = FormatConfig(**cfg_format) if isinstance(cfg_format, dict) else FormatConfig()
     formatter = TaskFormatter(handle.tokenizer, variant, fmt)
     examples = load_split(task_name, lang_name, split, data_dir=data_dir, limit=limit)  # type: ignore[arg-type]
-    precision = meta.config.get("precision", "fp32") if isinstance(meta.config, dict) else "fp32"
+    # Re-evaluation runs at this machine's own precision ("auto"): a prompt trained under bf16
+    # on a machine with native bf16 must not be emulated in bf16 elsewhere.
     plm = PromptedLM(
-        handle, stored.prompt.to(handle.device), autocast_dtype=autocast_dtype(precision)
+        handle,
+        stored.prompt.to(handle.device),
+        autocast_dtype=autocast_dtype("auto", handle.device),
     )
     result = evaluate(plm, formatter, examples, eval_config)
     if save and task_name == meta.task and lang_name == meta.lang:

@@ -39,6 +39,7 @@ from promptatlas.bank import (
 )
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.models import ModelHandle, load_model
+from promptatlas.models.precision import check_precision
 from promptatlas.prompts import SoftPrompt
 from promptatlas.tasks import Example, TaskVariant, get_task, load_split
 
@@ -75,11 +76,10 @@ class AnalysisConfig:
     data_dir: str | None = None
     # "bf16": the frozen model runs under bf16 autocast (≈3× faster on CPUs with bf16
     # instructions); base and prompted runs share it, so KL(base ‖ base) stays exactly 0.
-    precision: str = "fp32"
+    precision: str = "auto"  # "auto" (bf16 where native, else fp32), "fp32" or "bf16"
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        check_precision(self.precision)
         if self.n_examples < 2:
             raise ValueError("n_examples must be ≥ 2")
         if self.batch_size < 1 or self.n_tokens < 2 or self.layer_groups < 1:
@@ -258,7 +258,7 @@ def _plm(handle: ModelHandle, prompt: SoftPrompt | None, cfg: AnalysisConfig) ->
     from promptatlas.prompts import PromptedLM
     from promptatlas.prompts.injection import autocast_dtype
 
-    return PromptedLM(handle, prompt, autocast_dtype=autocast_dtype(cfg.precision))
+    return PromptedLM(handle, prompt, autocast_dtype=autocast_dtype(cfg.precision, handle.device))
 
 
 def _group_name(entry: BankEntry) -> str:

@@ -120,13 +120,23 @@ _REQUIRED = tuple(f.name for f in dataclasses.fields(PromptMetadata) if f.name n
 
 
 def versions() -> dict[str, str]:
-    """Versions of Python, the platform and the libraries that determine a run's numbers."""
+    """Versions of Python, the platform and the libraries that determine a run's numbers, and
+    the hardware they ran on (CPU model, PyTorch's CPU capability and the flags that decide
+    precision and speed; the GPU when there is one)."""
     out = {"python": platform.python_version(), "platform": platform.platform()}
     for dist in ("promptatlas", "torch", "transformers", "peft", "safetensors"):
         try:
             out[dist] = importlib_metadata.version(dist)
         except importlib_metadata.PackageNotFoundError:
             out[dist] = "not installed"
+    from promptatlas.models.precision import cpu_info
+
+    cpu = cpu_info()
+    out["cpu"] = cpu["model"]
+    out["cpu_capability"] = cpu["capability"]
+    out["cpu_flags"] = " ".join(cpu["flags"])
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
     return out
 
 

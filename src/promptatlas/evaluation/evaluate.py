@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from promptatlas.evaluation.metrics import compute_metrics
+from promptatlas.evaluation.confidence import (
+    Estimate,
+    ExampleScores,
+    bootstrap_ci,
+    paired_bootstrap,
+)
+from promptatlas.evaluation.metrics import compute_metrics, per_example_scores
 from promptatlas.evaluation.predict import generate, rank_classify
 from promptatlas.evaluation.scoring import check_label_words, resolve_length_normalise
 from promptatlas.formatting import TaskFormatter
 from promptatlas.prompts.injection import PromptedLM
 from promptatlas.tasks import Example
 
-__all__ = ["EvalConfig", "EvalResult", "evaluate"]
+__all__ = ["EvalConfig", "EvalResult", "evaluate", "paired_gain", "stored_examples"]
 
 
 @dataclass(frozen=True)
@@ -47,10 +53,42 @@ class EvalResult:
     n: int
     mode: str
     extra: dict[str, Any] = field(default_factory=dict)
+    # Per-example data of the main metric, for bootstrap and paired intervals.
+    examples: ExampleScores | None = None
 
     @property
     def score(self) -> float:
         return float(self.metrics["score"])
+
+    def ci(self, *, seed: int = 0) -> Estimate | None:
+        """The main score with its 95% bootstrap interval over the evaluated examples."""
+        return None if self.examples is None else bootstrap_ci(self.examples, seed=seed)
+
+    def summary(self) -> dict[str, Any]:
+        """Metrics, count and mode, the main score's 95% interval (``ci``: [low, high]) and
+        the per-example data (``examples``) that later paired intervals are computed from."""
+        out: dict[str, Any] = {**self.metrics, "n": self.n, "mode": self.mode}
+        est = self.ci()
+        if est is not None and self.examples is not None:
+            out["ci"] = [est.low, est.high]
+            out["examples"] = self.examples.to_dict()
+        return out
+
+
+def stored_examples(summary: Mapping[str, Any] | None) -> ExampleScores | None:
+    """The per-example data of a stored :meth:`EvalResult.summary` (None for older runs)."""
+    data = (summary or {}).get("examples")
+    return ExampleScores.from_dict(data) if isinstance(data, Mapping) else None
+
+
+def paired_gain(
+    a: ExampleScores | None, b: ExampleScores | None, *, seed: int = 0
+) -> dict[str, Any] | None:
+    """a − b with its paired 95% bootstrap interval, as a dict (None when either side lacks
+    per-example data or they were scored on different numbers of examples)."""
+    if a is None or b is None or len(a) != len(b):
+        return None
+    return paired_bootstrap(a, b, seed=seed).to_dict()
 
 
 def evaluate(
@@ -80,7 +118,13 @@ def evaluate(
             score_eos=cfg.score_eos,
             first_token=cfg.first_token,
         )
-        return EvalResult(compute_metrics(task, preds, examples), preds, len(examples), mode)
+        return EvalResult(
+            compute_metrics(task, preds, examples),
+            preds,
+            len(examples),
+            mode,
+            examples=per_example_scores(task, preds, examples),
+        )
     texts = generate(
         plm, formatter, examples, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size
     )
@@ -91,5 +135,13 @@ def evaluate(
         valid = sum(p != "<invalid>" for p in preds) / len(preds)
         metrics = compute_metrics(task, preds, examples)
         metrics["valid_label_rate"] = valid
-        return EvalResult(metrics, texts, len(examples), mode)
-    return EvalResult(compute_metrics(task, texts, examples), texts, len(examples), mode)
+        return EvalResult(
+            metrics, texts, len(examples), mode, examples=per_example_scores(task, preds, examples)
+        )
+    return EvalResult(
+        compute_metrics(task, texts, examples),
+        texts,
+        len(examples),
+        mode,
+        examples=per_example_scores(task, texts, examples),
+    )

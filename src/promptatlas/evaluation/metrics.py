@@ -29,6 +29,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from promptatlas.evaluation.confidence import ExampleScores
     from promptatlas.tasks import Example, TaskVariant
 
 
@@ -64,7 +65,6 @@ def macro_f1(preds: Sequence[str], golds: Sequence[str], labels: Sequence[str]) 
     )
 
 
-# --- QA ------------------------------------------------------------------------------------
 def mcc(preds: Sequence[str], golds: Sequence[str]) -> float:
     """Matthews correlation coefficient (multi-class, scikit-learn), in [-1, 1]."""
     _check_pairs(preds, golds)
@@ -95,6 +95,7 @@ def majority_baseline(task: TaskVariant, golds: Sequence[str]) -> tuple[str, flo
     return label, _classification(task, [label] * len(golds), golds)["score"]
 
 
+# --- QA ------------------------------------------------------------------------------------
 
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -312,3 +313,36 @@ def compute_metrics(
         mean = sum(cov) / len(cov)
         return {"coverage": mean, "score": mean}
     raise ValueError(f"no metric implementation for {spec.metric!r} (task {task.name})")
+
+
+def per_example_scores(
+    task: TaskVariant, predictions: Sequence[str], examples: Sequence[Example]
+) -> ExampleScores:
+    """What the task's main metric needs per example, for bootstrap intervals
+    (:mod:`promptatlas.evaluation.confidence`): label indices for classification metrics,
+    per-example F1 (QA) or coverage (CG) for generation."""
+    from promptatlas.evaluation.confidence import example_scores
+
+    _check_pairs(predictions, examples)
+    spec = task.spec
+    if spec.kind == "classification":
+        return example_scores(
+            spec.metric,
+            preds=list(predictions),
+            golds=[str(ex.label) for ex in examples],
+            labels=task.labels,
+            positive=task.positive_label,
+        )
+    if spec.metric == "squad":
+        values = [
+            squad_em_f1(p, ex.references or (ex.target,), task.lang)[1]
+            for p, ex in zip(predictions, examples, strict=True)
+        ]
+    elif spec.metric == "coverage":
+        values = [
+            coverage(p, ex.concepts or tuple(ex.inputs[0].split()), task.lang)
+            for p, ex in zip(predictions, examples, strict=True)
+        ]
+    else:
+        raise ValueError(f"no metric implementation for {spec.metric!r} (task {task.name})")
+    return example_scores("mean", values=values)

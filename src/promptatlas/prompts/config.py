@@ -11,7 +11,7 @@ from promptatlas.configtools import ConfigError, from_dict
 __all__ = ["Init", "Method", "PromptConfig", "PromptConfigError", "SegmentConfig"]
 
 Method = Literal["v1", "v2"]
-Init = Literal["uniform", "vocab", "labels"]
+Init = Literal["auto", "uniform", "vocab", "labels"]
 KVMode = Literal["separate", "shared"]
 
 
@@ -58,7 +58,7 @@ class PromptConfig:
     length: int = 20
     kv: KVMode = "shared"
     layers: tuple[int, ...] | None = None
-    init: Init = "uniform"
+    init: Init = "auto"  # the method's default (promptatlas.defaults); the thesis used "uniform"
     init_range: float = 0.5
     segments: tuple[SegmentConfig, ...] = field(default=())
 
@@ -67,9 +67,9 @@ class PromptConfig:
             raise PromptConfigError(f"method must be 'v1' or 'v2', got {self.method!r}")
         if self.kv not in ("separate", "shared"):
             raise PromptConfigError(f"kv must be 'separate' or 'shared', got {self.kv!r}")
-        if self.init not in ("uniform", "vocab", "labels"):
+        if self.init not in ("auto", "uniform", "vocab", "labels"):
             raise PromptConfigError(
-                f"init must be 'uniform', 'vocab' or 'labels', got {self.init!r}"
+                f"init must be 'auto', 'uniform', 'vocab' or 'labels', got {self.init!r}"
             )
         if self.init_range <= 0:
             raise PromptConfigError("init_range must be positive")
@@ -97,6 +97,15 @@ class PromptConfig:
             if not layers or layers[0] < 0:
                 raise PromptConfigError(f"layers must be non-negative indices, got {self.layers}")
             object.__setattr__(self, "layers", layers)
+
+    @property
+    def resolved_init(self) -> str:
+        """The initialisation used: ``init``, or the method's default when it is "auto"."""
+        if self.init != "auto":
+            return self.init
+        from promptatlas.defaults import defaults_for
+
+        return defaults_for(self.method).init
 
     def layer_indices(self, n_layers: int) -> tuple[int, ...]:
         """The v2 layers for a model with ``n_layers``; error if a layer does not exist."""

@@ -19,15 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from promptatlas.models.precision import autocast_dtype
 from promptatlas.models.registry import ModelHandle
 from promptatlas.prompts.soft_prompt import SoftPrompt, check_context
 
 __all__ = ["PromptedForward", "PromptedLM", "autocast_dtype", "token_key_values"]
-
-
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The ``PromptedLM`` autocast dtype for a config's precision ("fp32" → None, "bf16")."""
-    return torch.bfloat16 if precision == "bf16" else None
 
 
 @dataclass
@@ -172,12 +168,23 @@ class PromptedLM:
         use_cache: bool = False,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        share_prompt: bool = False,
     ) -> PromptedForward:
         """Run the backbone on right- or left-padded ``input_ids`` (B, T) with the prompt.
 
         With ``past_key_values`` (incremental decoding) the prompt is already in the cache and
         ``attention_mask`` must cover it; positions are then the caller's business.
+
+        ``share_prompt`` (v1, right-padded, default positions): a v1 prompt comes first and a
+        causal model's prompt states do not depend on the input, so the prompt runs once (batch
+        1) and its keys/values are shared by every row, instead of being recomputed B times;
+        the result is the same (tested), and gradients reach the prompt through the shared
+        cache. Hooks then see two passes, so analyses keep the default (off).
         """
+        if share_prompt and self._can_share_prompt(
+            input_ids, past_key_values, position_ids, output_attentions, output_hidden_states
+        ):
+            return self._forward_shared_prompt(input_ids, attention_mask, use_cache=use_cache)
         handle = self.handle
         backbone = handle.adapter.backbone(handle.model)
         batch, _ = input_ids.shape
@@ -224,6 +231,62 @@ class PromptedLM:
             past_key_values=getattr(out, "past_key_values", None) if use_cache else None,
             attentions=getattr(out, "attentions", None),
             hidden_states=getattr(out, "hidden_states", None),
+        )
+
+    def _can_share_prompt(
+        self,
+        input_ids: torch.Tensor,
+        past_key_values: Any,
+        position_ids: torch.Tensor | None,
+        output_attentions: bool,
+        output_hidden_states: bool,
+    ) -> bool:
+        prompt = self.prompt
+        if prompt is None or prompt.method != "v1" or past_key_values is not None:
+            return False
+        if position_ids is not None or output_attentions or output_hidden_states:
+            return False
+        if input_ids.shape[0] < 2:
+            return False
+        # Sliding-window layers keep a window of cache slots: stay inside it.
+        window = getattr(self.handle.model.config, "sliding_window", None)
+        return window is None or prompt.length + input_ids.shape[1] <= int(window)
+
+    def _forward_shared_prompt(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, use_cache: bool
+    ) -> PromptedForward:
+        assert self.prompt is not None
+        handle = self.handle
+        backbone = handle.adapter.backbone(handle.model)
+        batch, width = input_ids.shape
+        k = self.prompt.length
+        cache = _cache_for(handle.model)
+        p = self.prompt.tensor().to(self.device, handle.dtype).unsqueeze(0)
+        autocast = torch.autocast(
+            self.device.type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+        )
+        with autocast:
+            backbone(
+                inputs_embeds=p,
+                attention_mask=torch.ones(1, k, dtype=attention_mask.dtype, device=self.device),
+                past_key_values=cache,
+                use_cache=True,
+            )
+        cache.batch_repeat_interleave(batch)
+        positions = torch.arange(k, k + width, device=self.device).expand(batch, -1)
+        with autocast:
+            out = backbone(
+                input_ids=input_ids,
+                attention_mask=self.mask_with_prompt(attention_mask),
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
+        return PromptedForward(
+            hidden=out.last_hidden_state.to(handle.dtype),
+            past_key_values=out.past_key_values if use_cache else None,
         )
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

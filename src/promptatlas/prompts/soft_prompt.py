@@ -206,11 +206,12 @@ class SoftPrompt(nn.Module):
             if seg.name not in names:
                 continue
             shape = self.segment_shape(seg.length)
-            if self.config.init == "uniform":
+            init = self.config.resolved_init
+            if init == "uniform":
                 r = self.config.init_range
                 value = (torch.rand(shape, generator=generator) * 2 - 1) * r
             else:
-                if self.config.init == "labels":
+                if init == "labels":
                     if not label_token_ids:
                         raise PromptConfigError(
                             "init='labels' needs the task's label words (classification tasks)"

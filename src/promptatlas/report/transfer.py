@@ -26,13 +26,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from promptatlas.bank import ResultsDB, RunRecord
+from promptatlas.bank import ResultsDB, RunRecord, write_text_atomic
 from promptatlas.bank import write_csv_atomic as _write_csv
 
 if TYPE_CHECKING:
     from promptatlas.transfer.grid import GridConfig
 
-__all__ = ["grid_cells", "write_transfer_report"]
+__all__ = ["grid_cells", "summary_markdown", "write_transfer_report"]
 
 
 def grid_cells(grid: GridConfig, db: ResultsDB) -> list[dict[str, Any]]:
@@ -59,12 +59,105 @@ def grid_cells(grid: GridConfig, db: ResultsDB) -> list[dict[str, Any]]:
                 "delta": m.get("delta"),
                 "relative": m.get("relative"),
                 "zero_shot_init": m.get("zero_shot"),
+                "untrained_score": m.get("untrained"),
                 "steps_to_90": m.get("steps_to_90"),
                 "baseline_steps_to_90": m.get("baseline_steps_to_90"),
                 "prompt_dir": rec.prompt_dir,
+                "n": m.get("n"),
+                "ci": m.get("ci"),
+                "untrained_ci": m.get("untrained_ci"),
+                "gain": m.get("gain"),
+                "delta_ci": m.get("delta_ci"),
+                "vs_untrained": m.get("vs_untrained"),
             }
         )
     return rows
+
+
+def _ci(pair: Sequence[float] | None) -> str:
+    return "" if not pair else f"[{100 * pair[0]:.1f}, {100 * pair[1]:.1f}]"
+
+
+def _diff(est: dict[str, Any] | None) -> str:
+    """A paired difference ×100 with its interval and * when the interval excludes zero."""
+    if not est:
+        return "–"
+    star = "*" if est.get("significant") else ""
+    return f"{100 * est['value']:+.1f}{star} [{100 * est['low']:+.1f}, {100 * est['high']:+.1f}]"
+
+
+def _cell_name(r: dict[str, Any]) -> str:
+    if r["kind"] == "base":
+        return f"{r['task']}-{r['lang']}"
+    if r["kind"] == "task":
+        return f"{r['source_task']} → {r['task']} ({r['lang']})"
+    seg = " (target lang. segment)" if r.get("lang_segment") == "target" else ""
+    return f"{r['task']} {r['source_lang']} → {r['lang']}{seg}"
+
+
+def summary_markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
+    """Every cell's score with its 95% bootstrap CI and the paired differences (trained −
+    untrained, transfer − baseline) with theirs; * = the interval excludes zero."""
+    kinds = {
+        "base": "Task sub-prompts (baselines): trained vs untrained",
+        "task": "Cross-task transfer",
+        "language": "Cross-language transfer",
+        "zero": "Zero-shot cross-language (no training)",
+    }
+    lines = [
+        f"# {title}",
+        "",
+        "Scores ×100 on the test examples (n per row), with 95% bootstrap intervals; "
+        "differences are paired over the same examples (* = the interval excludes 0). "
+        "Untrained = the target task's prompt before training (its initialisation).",
+    ]
+    for kind, heading in kinds.items():
+        sub = [r for r in rows if r["kind"] == kind]
+        if not sub:
+            continue
+        lines += ["", f"## {heading}", ""]
+        if kind == "base":
+            lines += [
+                "| method | task | n | untrained | trained | trained − untrained |",
+                "|---|---|---|---|---|---|",
+            ]
+            for r in sub:
+                untrained = r["zero_shot_init"] if r.get("zero_shot_init") is not None else None
+                u = r.get("untrained_score")
+                lines.append(
+                    f"| {r['method']} | {_cell_name(r)} | {r.get('n') or ''} | "
+                    f"{_fmt1(u if u is not None else untrained)} {_ci(r.get('untrained_ci'))} | "
+                    f"{_fmt1(r['score'])} {_ci(r.get('ci'))} | {_diff(r.get('gain'))} |"
+                )
+        elif kind == "zero":
+            lines += [
+                "| method | cell | n | score | target's baseline | zero-shot − baseline |",
+                "|---|---|---|---|---|---|",
+            ]
+            for r in sub:
+                lines.append(
+                    f"| {r['method']} | {_cell_name(r)} | {r.get('n') or ''} | "
+                    f"{_fmt1(r['score'])} {_ci(r.get('ci'))} | {_fmt1(r.get('baseline'))} | "
+                    f"{_diff(r.get('delta_ci'))} |"
+                )
+        else:
+            lines += [
+                "| method | transfer | n | score | baseline | transfer − baseline | "
+                "transfer − untrained | steps to 90% (transfer / baseline) |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for r in sub:
+                steps = f"{r.get('steps_to_90') or '–'} / {r.get('baseline_steps_to_90') or '–'}"
+                lines.append(
+                    f"| {r['method']} | {_cell_name(r)} | {r.get('n') or ''} | "
+                    f"{_fmt1(r['score'])} {_ci(r.get('ci'))} | {_fmt1(r.get('baseline'))} | "
+                    f"{_diff(r.get('delta_ci'))} | {_diff(r.get('vs_untrained'))} | {steps} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def _fmt1(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
 
 
 def _mean(values: Sequence[Any]) -> float | None:
@@ -98,6 +191,10 @@ def write_transfer_report(grid: GridConfig, db: ResultsDB) -> list[Path]:
     written.append(
         _write_csv(out / "cells.csv", fields, [[r.get(f) for f in fields] for r in rows])
     )
+    write_text_atomic(
+        out / "summary.md", summary_markdown(rows, f"{grid.name}: results with intervals")
+    )
+    written.append(out / "summary.md")
     base = _by([r for r in rows if r["kind"] == "base"], "method", "task", "lang")
     task_rows = [r for r in rows if r["kind"] == "task"]
     task_score = _by(task_rows, "method", "lang", "source_task", "task")

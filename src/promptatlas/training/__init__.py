@@ -1,5 +1,6 @@
 """Training soft prompts: configuration, optimisation loop, resumable checkpoints."""
 
+from promptatlas.training.defaults import DEFAULTS, MethodDefaults, default_lr, defaults_for
 from promptatlas.training.trainer import (
     CHECKPOINT,
     CheckpointError,
@@ -10,18 +11,24 @@ from promptatlas.training.trainer import (
     checkpoint_dir_for,
     has_checkpoint,
     remove_checkpoint,
+    resolve_training,
     train_prompt,
 )
 
 __all__ = [
     "CHECKPOINT",
+    "DEFAULTS",
     "CheckpointError",
+    "MethodDefaults",
     "TrainConfig",
     "TrainConfigError",
     "TrainResult",
     "TrainingInterrupted",
     "checkpoint_dir_for",
+    "default_lr",
+    "defaults_for",
     "has_checkpoint",
     "remove_checkpoint",
+    "resolve_training",
     "train_prompt",
 ]

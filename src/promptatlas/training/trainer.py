@@ -32,12 +32,14 @@ import torch
 from tqdm.auto import tqdm
 
 from promptatlas.evaluation.evaluate import EvalConfig, evaluate
-from promptatlas.evaluation.predict import target_loss
-from promptatlas.formatting import TaskFormatter, TextLMFormatter, collate
+from promptatlas.evaluation.predict import label_suffixes, rank_loss, target_loss
+from promptatlas.evaluation.scoring import resolve_length_normalise
+from promptatlas.formatting import EncodedExample, TaskFormatter, TextLMFormatter, collate
 from promptatlas.outputs import write_bytes_atomic
 from promptatlas.prompts.injection import PromptedLM
 from promptatlas.prompts.soft_prompt import SoftPrompt
 from promptatlas.tasks import Example
+from promptatlas.training.defaults import default_lr, defaults_for
 
 __all__ = [
     "CHECKPOINT",
@@ -121,6 +123,9 @@ class TrainConfig:
     """Optimisation settings. Give ``steps`` or ``epochs`` (steps wins when both are set).
 
     lr: AdamW learning rate for the prompt (soft prompts want far larger rates than weights).
+    objective: "lm" (the language-model loss on ``y <eos>``, SPEC §2) or "rank" (cross-entropy
+        of the gold label among the task's labels, scored as rank classification scores them;
+        classification only). See docs/defaults.md for what each learns in how many steps.
     warmup: fraction of the optimisation steps with linear warm-up; then ``schedule`` decay.
     eval_every: evaluate on dev every N steps (0 = only at the end); with ``patience`` the run
         stops after that many evaluations without improvement and keeps the best prompt.
@@ -132,12 +137,16 @@ class TrainConfig:
     epochs: float | None = None
     batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 0.03
+    lr: float | None = None  # None: the method's default (promptatlas.training.defaults)
     weight_decay: float = 1e-5
-    warmup: float = 0.06
+    warmup: float = 0.1
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: float | None = 1.0
     eval_every: int = 0
+    # "lm": −log p(y, eos) over the target tokens (SPEC §2); "rank": cross-entropy over the
+    # task's labels of their rank-classification scores (classification tasks only); "auto":
+    # the method's default for classification tasks, "lm" for generation and raw text.
+    objective: Literal["auto", "lm", "rank"] = "auto"
     patience: int | None = None
     dev_limit: int | None = 200
     checkpoint_every: int = 50
@@ -152,10 +161,14 @@ class TrainConfig:
             raise TrainConfigError(f"epochs must be > 0, got {self.epochs}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise TrainConfigError("batch_size and grad_accum must be ≥ 1")
-        if not 0 < self.lr < 10:
+        if self.lr is not None and not 0 < self.lr < 10:
             raise TrainConfigError(f"lr must be in (0, 10), got {self.lr}")
         if not 0 <= self.warmup < 1:
             raise TrainConfigError(f"warmup is a fraction in [0, 1), got {self.warmup}")
+        if self.objective not in ("auto", "lm", "rank"):
+            raise TrainConfigError(
+                f"objective must be 'auto', 'lm' or 'rank', got {self.objective!r}"
+            )
         if self.schedule not in ("linear", "cosine", "constant"):
             raise TrainConfigError("schedule must be linear, cosine or constant")
         if self.checkpoint_every < 0:
@@ -185,6 +198,8 @@ class TrainResult:
     best_step: int | None = None
     seconds: float = 0.0
     stopped_early: bool = False
+    lr: float | None = None  # the learning rate used (the method default when config.lr=None)
+    objective: str | None = None  # the objective used ("lm" or "rank")
 
 
 def _micro_batch(n: int, size: int, seed: int, index: int) -> list[int]:
@@ -324,6 +339,22 @@ def _deferred_signals(enabled: bool) -> Iterator[dict[str, int | None]]:
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
+def resolve_training(
+    config: TrainConfig, method: str, formatter: TaskFormatter | TextLMFormatter
+) -> tuple[float, str]:
+    """The learning rate and objective a run actually uses: the config's, or the method's
+    defaults (:mod:`promptatlas.training.defaults`) where it says None / "auto"."""
+    language = isinstance(formatter, TextLMFormatter)
+    lr = config.lr if config.lr is not None else default_lr(method, language=language)
+    objective: str = config.objective
+    if objective == "auto":
+        classification = (
+            isinstance(formatter, TaskFormatter) and formatter.task.spec.kind == "classification"
+        )
+        objective = defaults_for(method).objective if classification else "lm"
+    return lr, objective
+
+
 def train_prompt(
     plm: PromptedLM,
     formatter: TaskFormatter | TextLMFormatter,
@@ -356,10 +387,32 @@ def train_prompt(
         raise TrainConfigError("every prompt segment is frozen; nothing to train")
     if not train:
         raise TrainConfigError(f"no training examples for {formatter.name}")
-    encoded = [formatter.encode(ex) for ex in train]
+    classification = (
+        isinstance(formatter, TaskFormatter) and formatter.task.spec.kind == "classification"
+    )
+    lr, objective = resolve_training(config, prompt.method, formatter)
+    rank = objective == "rank"
+    if rank and not classification:
+        raise TrainConfigError(
+            f"objective 'rank' needs a classification task, not {formatter.name}; use 'lm'"
+        )
     pad = formatter.tokenizer.pad_token_id
+    if rank:
+        assert isinstance(formatter, TaskFormatter)
+        score_eos = bool(eval_config is not None and eval_config.score_eos)
+        suffixes = label_suffixes(formatter, score_eos)
+        reserve = max(len(x) for x in suffixes)
+        labels = list(formatter.task.labels)
+        encoded = []
+        for ex in train:
+            ctx = formatter.encode_context(ex, reserve=reserve)
+            encoded.append(EncodedExample(tuple(ctx), len(ctx)))
+        golds = torch.tensor([labels.index(str(ex.label)) for ex in train])
+        normalise = resolve_length_normalise(eval_config, formatter)
+    else:
+        encoded = [formatter.encode(ex) for ex in train]
     total = config.total_steps(len(encoded))
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total))
     state: dict[str, Any] = {
         "step": 0,
@@ -443,7 +496,11 @@ def train_prompt(
             index = step * config.grad_accum + micro
             idx = _micro_batch(len(encoded), config.batch_size, config.seed, index)
             batch = collate([encoded[i] for i in idx], pad)
-            loss = target_loss(plm, batch) / config.grad_accum
+            if rank:
+                raw = rank_loss(plm, batch, golds[idx], suffixes, length_normalise=normalise)
+            else:
+                raw = target_loss(plm, batch)
+            loss = raw / config.grad_accum
             loss.backward()
             loss_sum += float(loss.detach())
         return loss_sum
@@ -558,4 +615,6 @@ def train_prompt(
         best_step=state["best_step"],
         seconds=time.perf_counter() - started,
         stopped_early=bool(state["stopped_early"]),
+        lr=lr,
+        objective=objective,
     )

@@ -30,6 +30,7 @@ from promptatlas.configtools import from_dict
 from promptatlas.evaluation.evaluate import EvalConfig, evaluate
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.models import ModelHandle, load_model
+from promptatlas.models.precision import check_precision
 from promptatlas.outputs import check_output_path
 from promptatlas.prompts import PromptedLM
 from promptatlas.prompts.injection import autocast_dtype
@@ -72,7 +73,7 @@ class ProjectConfig:
     init_train: Mapping[str, Any] = field(default_factory=dict)
     train_limit: int | None = None
     test_limit: int | None = 200
-    precision: str = "fp32"
+    precision: str = "auto"  # "auto" (bf16 where native, else fp32), "fp32" or "bf16"
     device: str | None = None
 
     def __post_init__(self) -> None:
@@ -82,8 +83,7 @@ class ProjectConfig:
         object.__setattr__(self, "train", from_dict(TrainConfig, self.train, path="train"))
         if self.init_steps < 0:
             raise ValueError("init_steps must be ≥ 0")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        check_precision(self.precision)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -139,7 +139,7 @@ def project_across_models(
     out = check_project_target(out, cfg, overwrite=overwrite)
     source_handle = source_handle or load_model(cfg.source_model, device=cfg.device)
     target_handle = target_handle or load_model(cfg.target_model, device=cfg.device)
-    autocast = autocast_dtype(cfg.precision)
+    autocast = autocast_dtype(cfg.precision, target_handle.device)
     stored = load_prompt(cfg.source_prompt, source_handle)
     meta = stored.meta
     if meta.task is None or meta.lang is None:
@@ -252,7 +252,7 @@ def _carry_over(
         task=meta.task,
         lang=meta.lang,
         seed=meta.seed,
-        metrics={"test": {**zero.metrics, "n": zero.n, "mode": zero.mode}},
+        metrics={"test": zero.summary()},
         config={"projected_from": str(directory), "format": dataclasses.asdict(fmt)},
         extra={"kind": "projected", "source_model": source_handle.name},
         overwrite=True,

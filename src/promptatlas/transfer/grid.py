@@ -76,6 +76,10 @@ class TransferSpec:
     # Also evaluate each transferred prompt before training (the zero-shot score of the
     # initialisation, e.g. an NLI prompt read as SA); costs one test evaluation per cell.
     evaluate_init: bool = True
+    # Tasks of the cross-language and zero-shot cells (default: every task of the grid), and
+    # the language segments zero-shot evaluates with.
+    lang_tasks: tuple[str, ...] | None = None
+    zero_shot_segments: tuple[str, ...] = ("source", "target")
 
     def __post_init__(self) -> None:
         if self.lang_length < 1 or self.task_length < 1:
@@ -85,7 +89,13 @@ class TransferSpec:
             "text",
             {str(k).strip().lower(): tuple(str(p) for p in v) for k, v in self.text.items()},
         )
-        for name in ("sources", "targets"):  # task names: "SA" = "sa"
+        bad = set(self.zero_shot_segments) - {"source", "target"}
+        if bad or not self.zero_shot_segments:
+            raise ExperimentError(
+                "transfer.zero_shot_segments takes 'source' and/or 'target', got "
+                f"{list(self.zero_shot_segments)}"
+            )
+        for name in ("sources", "targets", "lang_tasks"):  # task names: "SA" = "sa"
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, tuple(str(t).strip().lower() for t in value))
@@ -201,6 +211,7 @@ class GridConfig:
         tasks = [t for t in exp.tasks]
         sources = list(spec.sources or tasks)
         targets = list(spec.targets or tasks)
+        lang_tasks = list(spec.lang_tasks or tasks)
         out: list[Cell] = []
         for seed in exp.seeds:
             for method in exp.methods:
@@ -226,7 +237,7 @@ class GridConfig:
                 if spec.cross_lang:
                     out += [
                         Cell("language", method, seed, tgt, task, source_task=task, source_lang=src)
-                        for task in tasks
+                        for task in lang_tasks
                         for src in exp.langs
                         for tgt in exp.langs
                         if src != tgt and self._present(task, src) and self._present(task, tgt)
@@ -243,14 +254,14 @@ class GridConfig:
                             source_lang=src,
                             lang_segment=segment,
                         )
-                        for task in tasks
+                        for task in lang_tasks
                         for src in exp.langs
                         for tgt in exp.langs
                         if src != tgt
                         and self._present(task, src)
                         and self._present(task, tgt)
                         and _same_labels(task, src, tgt)
-                        for segment in ("source", "target")
+                        for segment in spec.zero_shot_segments
                     ]
         return out
 
@@ -270,7 +281,7 @@ class GridConfig:
             return [source, target]
         if cell.kind == "language":
             return [source, Cell("lang", m, s, cell.lang), target]
-        return [source, Cell("lang", m, s, cell.lang)]
+        return [source, Cell("lang", m, s, cell.lang), target]  # zero: Δ vs the target's own
 
     # -- where things go -------------------------------------------------------------------
     def path(self, cell: Cell) -> Path:
@@ -430,9 +441,13 @@ class _Runner:
             run = train_run(
                 cfg, path, handle=self.handle, db=self.db, progress=self.progress, overwrite=True
             )
+            untrained = run.metrics.get("untrained_test", {})
             metrics = {
                 **run.metrics["test"],
                 "untrained": run.untrained.score if run.untrained else None,
+                "untrained_ci": untrained.get("ci"),
+                "untrained_examples": untrained.get("examples"),
+                "gain": run.metrics.get("gain"),
                 "dev_best": run.metrics.get("dev_best"),
             }
             score = run.trained.score
@@ -462,7 +477,13 @@ class _Runner:
                 progress=self.progress,
                 overwrite=True,
             )
-            metrics = moved.to_dict()
+            test = moved.run.metrics["test"]
+            metrics = {
+                **moved.to_dict(),
+                "n": test.get("n"),
+                "ci": test.get("ci"),
+                "examples": test.get("examples"),
+            }
             score = moved.score
             delta = "" if moved.delta is None else f" ({100 * moved.delta:+.1f} vs baseline)"
             self.log(f"    test {100 * moved.score:.1f}{delta}")
@@ -481,7 +502,18 @@ class _Runner:
                 eval_config=exp.run_config(cell.task, cell.lang, cell.method, cell.seed).eval,
                 handle=self.handle,
             )
-            metrics = {**result.metrics, "n": result.n, **result.extra}
+            metrics = {**result.summary(), **result.extra}
+            # zero-shot − the target's own trained prompt, paired over the same test examples
+            baseline = grid.path(Cell("base", cell.method, cell.seed, cell.lang, cell.task))
+            if (baseline / "prompt.json").exists():
+                from promptatlas.bank import read_metadata
+                from promptatlas.evaluation.evaluate import paired_gain, stored_examples
+
+                base_meta = read_metadata(baseline).metrics
+                metrics["baseline"] = base_meta.get("test", {}).get("score")
+                metrics["delta_ci"] = paired_gain(
+                    result.examples, stored_examples(base_meta.get("test"))
+                )
             score = result.score
             from promptatlas.workflows import dump_json
 
@@ -565,9 +597,15 @@ def _analyse(
             },
             **dict(spec.compression or {}),
         }
-        suite.select_compression_layers(
-            atlas / "attention", compression, experiment=overrides, log=log
-        )
+        attention = atlas / "attention"
+        has_v2 = any(e.prompt.method == "v2" for e in entries)
+        if spec.compression is not None and not has_v2:
+            # The layers come from a v2 KL curve: train the study's own full v1 and v2 cells
+            # first, analyse the v2 prompts' attention, then select (those cells are reused).
+            attention = _v2_attention_for_compression(
+                grid, overrides, atlas, runner, cfg, db, progress, log
+            )
+        suite.select_compression_layers(attention, compression, experiment=overrides, log=log)
         db.record(
             kind="grid-analysis",
             model=grid.experiment.model,
@@ -582,7 +620,45 @@ def _analyse(
         )
     if spec.compression is not None:
         log(f"[{grid.name}] compression study (thesis Table 3): {compression}")
-        run_experiment(load_experiment(compression), db=db, progress=progress, log=log)
+        run_experiment(
+            load_experiment(compression), db=db, handle=runner.handle, progress=progress, log=log
+        )
+
+
+def _v2_attention_for_compression(
+    grid: GridConfig,
+    overrides: Mapping[str, Any],
+    atlas: Path,
+    runner: _Runner,
+    cfg: Any,
+    db: ResultsDB,
+    progress: bool,
+    log: Callable[[str], Any],
+) -> Path:
+    """Run the v1 and full-v2 cells of the compression study and analyse the attention of its
+    v2 prompts into ``atlas/attention-v2`` (for a grid that trained no v2 prompt)."""
+    from promptatlas.analysis import suite
+    from promptatlas.experiments import experiment_from_mapping, run_experiment
+
+    first = {
+        **dict(overrides),
+        "methods": {
+            "v1": {"method": "v1", "length": 20},
+            "v2": {"method": "v2", "length": 20, "kv": "shared"},
+        },
+        "train_by_method": {
+            k: v for k, v in dict(overrides.get("train_by_method", {})).items() if k in ("v1", "v2")
+        },
+    }
+    first.setdefault("model", grid.experiment.model)
+    log(f"[{grid.name}] compression study, full v1 and v2 first (their v2 KL curve picks layers)")
+    exp = experiment_from_mapping(first, grid.out / "compression.yaml")
+    run_experiment(exp, db=db, handle=runner.handle, progress=progress, log=log)
+    _, entries = suite.load_bank([Path(exp.out) / "bank"], runner.handle)
+    v2 = [e for e in entries if e.prompt.method == "v2"]
+    out = atlas / "attention-v2"
+    suite.analyze_attention(v2, runner.handle, out, cfg, log=log)
+    return out
 
 
 def run_grid(

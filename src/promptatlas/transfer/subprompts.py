@@ -35,6 +35,7 @@ from promptatlas.configtools import from_dict
 from promptatlas.evaluation.predict import target_loss
 from promptatlas.formatting import TextLMFormatter, collate
 from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
+from promptatlas.models.precision import check_precision, resolve_precision
 from promptatlas.prompts import (
     PromptConfig,
     PromptedLM,
@@ -129,7 +130,7 @@ class LanguagePromptConfig:
     text_limit: int | None = None
     max_length: int = 64
     heldout: float = 0.05
-    precision: str = "fp32"
+    precision: str = "auto"  # "auto" (bf16 where native, else fp32), "fp32" or "bf16"
     device: str | None = None
     attn_implementation: str = "eager"
 
@@ -147,8 +148,7 @@ class LanguagePromptConfig:
             raise ValueError(f"heldout must be in [0, 0.5), got {self.heldout}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be ≥ 8 tokens, got {self.max_length}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        check_precision(self.precision)
 
     @property
     def prompt_config(self) -> PromptConfig:
@@ -185,6 +185,7 @@ class LanguagePromptResult:
         return f"held-out LM loss {self.heldout_loss_before:.3f} → {self.heldout_loss_after:.3f}"
 
 
+@torch.no_grad()
 @torch.no_grad()
 def lm_loss(plm: PromptedLM, formatter: TextLMFormatter, texts: Sequence[str], batch: int) -> float:
     """Token-weighted mean next-token loss of ``texts`` under the prompted model."""
@@ -236,11 +237,11 @@ def train_language_prompt(
         option="--lang-length + --task-length",
     )
     prompt = SoftPrompt(cfg.prompt_config, handle.geometry)
-    if cfg.prompt.init == "labels":
+    if cfg.prompt.resolved_init == "labels":
         raise ValueError("a language prompt has no label words: use init 'uniform' or 'vocab'")
     prompt.initialise(handle, generator=torch.Generator().manual_seed(cfg.train.seed))
     prompt = prompt.to(handle.device)
-    plm = PromptedLM(handle, prompt, autocast_dtype=autocast_dtype(cfg.precision))
+    plm = PromptedLM(handle, prompt, autocast_dtype=autocast_dtype(cfg.precision, handle.device))
     plm.head_autocast = True  # every token is a target: the LM head dominates (see logits)
     batch = max(cfg.train.batch_size, 8)
     before = lm_loss(plm, formatter, held, batch) if held else None
@@ -263,6 +264,9 @@ def train_language_prompt(
             "ppl": math.exp(min(after, 50.0)),
             "n": len(held),
         }
+    resolved = resolve_precision(cfg.precision, handle.device)
+    config = {**cfg.to_dict(), "resolved_precision": resolved}
+    config["resolved_train"] = {"lr": result.lr, "objective": result.objective}
     save_prompt(
         out,
         prompt,
@@ -271,7 +275,7 @@ def train_language_prompt(
         lang=cfg.lang,
         seed=cfg.train.seed,
         metrics=metrics,
-        config=cfg.to_dict(),
+        config=config,
         extra={
             "kind": "language",
             "history": result.history,
@@ -292,7 +296,7 @@ def train_language_prompt(
             split="heldout",
             metrics=metrics.get("heldout", {}),
             score=-after if after is not None else None,
-            config=cfg.to_dict(),
+            config=config,
             prompt_dir=str(out),
             seed=cfg.train.seed,
         )

@@ -34,7 +34,14 @@ from promptatlas.bank import (
     load_prompt,
     read_metadata,
 )
-from promptatlas.evaluation.evaluate import EvalConfig, EvalResult, evaluate
+from promptatlas.evaluation.confidence import ExampleScores
+from promptatlas.evaluation.evaluate import (
+    EvalConfig,
+    EvalResult,
+    evaluate,
+    paired_gain,
+    stored_examples,
+)
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.models import ModelHandle, load_model
 from promptatlas.prompts import PromptedLM, SoftPrompt
@@ -139,6 +146,10 @@ class TransferResult:
     relative: float | None  # transferred / baseline
     steps_to_90: int | None  # of the transfer run
     baseline_steps_to_90: int | None
+    # transferred − baseline with its paired 95% bootstrap interval over the same test examples
+    delta_ci: dict[str, Any] | None = None
+    # transferred − the target's untrained prompt (the baseline's initialisation), paired
+    vs_untrained: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -150,6 +161,8 @@ class TransferResult:
             "relative": self.relative,
             "steps_to_90": self.steps_to_90,
             "baseline_steps_to_90": self.baseline_steps_to_90,
+            "delta_ci": self.delta_ci,
+            "vs_untrained": self.vs_untrained,
             "zero_shot": self.run.untrained.score if self.run.untrained else None,
             "prompt_dir": str(self.run.path),
         }
@@ -157,17 +170,24 @@ class TransferResult:
 
 def _baseline_numbers(
     baseline_dir: str | Path | None,
-) -> tuple[float | None, float | None, int | None]:
-    """(test score, best dev score, steps to 90% of it) of a baseline prompt directory."""
+) -> tuple[float | None, float | None, int | None, ExampleScores | None, ExampleScores | None]:
+    """(test score, best dev score, steps to 90% of it, per-example test data, per-example
+    test data of its untrained prompt) of a baseline prompt directory."""
     if baseline_dir is None:
-        return None, None, None
+        return None, None, None, None, None
     meta = read_metadata(baseline_dir)
     test = meta.metrics.get("test", {}).get("score")
     best = meta.metrics.get("dev_best", {}).get("score")
     steps = None
     if best is not None:
         steps = steps_to_reach(meta.extra.get("history", []), CONVERGENCE_FRACTION * best)
-    return test, best, steps
+    return (
+        test,
+        best,
+        steps,
+        stored_examples(meta.metrics.get("test")),
+        stored_examples(meta.metrics.get("untrained_test")),
+    )
 
 
 def transfer_run(
@@ -219,7 +239,7 @@ def transfer_run(
     run = train_run(
         cfg, out, handle=handle, db=None, prompt=prompt, progress=progress, overwrite=overwrite
     )
-    base_test, base_best, base_steps = _baseline_numbers(baseline_dir)
+    base_test, base_best, base_steps, base_examples, untrained = _baseline_numbers(baseline_dir)
     steps = None
     if base_best is not None:
         history = read_metadata(out).extra.get("history", [])
@@ -235,6 +255,8 @@ def transfer_run(
         relative=relative_score(score, base_test) if base_test is not None else None,
         steps_to_90=steps,
         baseline_steps_to_90=base_steps,
+        delta_ci=paired_gain(run.trained.examples, base_examples),
+        vs_untrained=paired_gain(run.trained.examples, untrained),
     )
     from promptatlas.bank import update_metrics
 
@@ -311,11 +333,11 @@ def zero_shot(
     fmt = FormatConfig(**fmt_cfg) if isinstance(fmt_cfg, dict) else FormatConfig()
     formatter = TaskFormatter(handle.tokenizer, variant, fmt)
     examples = load_split(task, lang, split, data_dir=data_dir, limit=limit)  # type: ignore[arg-type]
-    precision = meta.config.get("precision", "fp32") if isinstance(meta.config, dict) else "fp32"
+    precision = meta.config.get("precision", "auto") if isinstance(meta.config, dict) else "auto"
     plm = PromptedLM(
         handle,
         prompt.to(handle.device),
-        autocast_dtype=autocast_dtype(precision),
+        autocast_dtype=autocast_dtype("auto" if precision == "bf16" else precision, handle.device),
     )
     result = evaluate(plm, formatter, examples, eval_config)
     used = "source" if variant.verbalizers is source.verbalizers else "target"
@@ -336,7 +358,7 @@ def zero_shot(
             lang=lang,
             method=prompt.method,
             split=split,
-            metrics={**result.metrics, "n": result.n, **result.extra},
+            metrics={**result.summary(), **result.extra},
             config={
                 "source": str(prompt_dir),
                 "lang_segment": lang_segment,

@@ -1,0 +1,203 @@
+"""Step time (and peak memory) of three choices, each against its baseline in the same run.
+
+* ``precision``: one v1 training step (forward + backward, rank objective) in float32 vs under
+  bf16 autocast, same batch, interleaved. On a CPU without native bf16 the bf16 step is slow:
+  this is why ``precision: auto`` picks fp32 there.
+* ``chunked``: one language-prompt step (every token scored through the LM head) with the
+  chunked head+loss (``target_loss``: no (tokens × vocab) tensor) vs the whole logits tensor
+  at once. Each variant runs in a fresh child process, which reports its median step time and
+  its peak resident memory above the loaded model.
+* ``shared``: one v1 training step with the prompt run once per batch and shared by the rows
+  (``share_prompt=True``, the default in losses and scoring) vs the prompt concatenated to
+  every row.
+
+Prints medians, the ratio (baseline / option; > 1 = the option is faster) and the CPU::
+
+    .venv/bin/python benchmarks/step_options.py --what precision
+    .venv/bin/python benchmarks/step_options.py --what chunked
+    .venv/bin/python benchmarks/step_options.py --what shared
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def _setup(model: str, method: str = "v1") -> tuple[Any, Any, Any]:
+    from promptatlas.formatting import FormatConfig, TaskFormatter
+    from promptatlas.models import load_model
+    from promptatlas.prompts import PromptConfig, PromptedLM, SoftPrompt
+    from promptatlas.tasks import get_task
+
+    handle = load_model(model)
+    prompt = SoftPrompt(PromptConfig(method=method, length=20), handle.geometry)  # type: ignore[arg-type]
+    prompt.initialise(handle, generator=torch.Generator().manual_seed(0))
+    fmt = TaskFormatter(handle.tokenizer, get_task("sa", "en"), FormatConfig(separator="\n"))
+    return handle, PromptedLM(handle, prompt), fmt
+
+
+def _task_batch(handle: Any, fmt: Any, batch: int) -> Any:
+    from promptatlas.formatting import EncodedExample, collate
+    from promptatlas.tasks import load_split
+
+    examples = load_split("sa", "en", "train", limit=batch)
+    ctx = [fmt.encode_context(ex, reserve=1) for ex in examples]
+    return collate([EncodedExample(tuple(c), len(c)) for c in ctx], handle.tokenizer.pad_token_id)
+
+
+def _interleave(
+    fns: dict[str, Callable[[], None]], reps: int, warmup: int
+) -> dict[str, list[float]]:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(reps):
+        for name in names if r % 2 == 0 else reversed(names):
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _report(times: dict[str, list[float]], baseline: str) -> None:
+    from promptatlas.models.precision import cpu_info
+
+    cpu = cpu_info()
+    print(f"CPU: {cpu['model']} | capability {cpu['capability']} | flags {cpu['flags']}")
+    base = statistics.median(times[baseline])
+    for name, t in times.items():
+        med = statistics.median(t)
+        print(
+            f"{name:>24}: median {med:.3f} s (min {min(t):.3f}, max {max(t):.3f}); "
+            f"{baseline} / {name} = {base / med:.2f}"
+        )
+
+
+def bench_precision(a: argparse.Namespace) -> None:
+    from promptatlas.evaluation.predict import label_suffixes, rank_loss
+
+    handle, plm, fmt = _setup(a.model)
+    batch = _task_batch(handle, fmt, a.batch)
+    golds = torch.zeros(a.batch, dtype=torch.long)
+    suffixes = label_suffixes(fmt)
+
+    def step(dtype: torch.dtype | None) -> Callable[[], None]:
+        def run() -> None:
+            plm.autocast_dtype = dtype
+            loss = rank_loss(plm, batch, golds, suffixes)
+            loss.backward()
+
+        return run
+
+    times = _interleave({"fp32": step(None), "bf16": step(torch.bfloat16)}, a.reps, a.warmup)
+    print(f"v1 training step, batch {a.batch} x {batch.input_ids.shape[1]} tokens + 20 prompt")
+    _report(times, "fp32")
+
+
+def _chunked_child(model: str, chunked: bool, batch: int, tokens: int, reps: int, q: Any) -> None:
+    from promptatlas.evaluation.predict import target_loss
+    from promptatlas.formatting import TextLMFormatter, collate
+    from promptatlas.tasks import Example
+    from promptatlas.tasks.rawtext import load_raw_text
+
+    handle, plm, _ = _setup(model)
+    fmt = TextLMFormatter(handle.tokenizer, tokens)
+    lines = load_raw_text("en", ())[: batch * 4]
+    text = [" ".join(lines[i : i + 4]) for i in range(0, len(lines), 4)][:batch]
+    b = collate([fmt.encode(Example((t,), "")) for t in text], handle.tokenizer.pad_token_id)
+
+    def unchunked() -> torch.Tensor:
+        out = plm.forward(b.input_ids, b.attention_mask, share_prompt=True)
+        select = b.target_mask[:, 1:]
+        logits = plm.logits(out.hidden[:, :-1][select])
+        return F.cross_entropy(logits.float(), b.input_ids[:, 1:][select])
+
+    fn = (lambda: target_loss(plm, b)) if chunked else unchunked
+    fn().backward()  # warm-up
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn().backward()
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    q.put(
+        {
+            "times": times,
+            "rss_mb": peak / 1024,
+            "rss_above_warm_mb": (peak - base_rss) / 1024,
+            "positions": int(b.target_mask[:, 1:].sum()),
+        }
+    )
+
+
+def bench_chunked(a: argparse.Namespace) -> None:
+    ctx = mp.get_context("spawn")
+    results = {}
+    for name, chunked in (("whole logits", False), ("chunked", True)):
+        q = ctx.Queue()
+        p = ctx.Process(
+            target=_chunked_child, args=(a.model, chunked, a.batch, a.tokens, a.reps, q)
+        )
+        p.start()
+        results[name] = q.get()
+        p.join()
+    print(
+        f"language-prompt step, batch {a.batch} x {a.tokens} tokens, "
+        f"{results['chunked']['positions']} scored positions"
+    )
+    _report({k: v["times"] for k, v in results.items()}, "whole logits")
+    for name, r in results.items():
+        print(f"{name:>24}: peak RSS {r['rss_mb']:.0f} MB (process, model included)")
+    ratio = results["whole logits"]["rss_mb"] / results["chunked"]["rss_mb"]
+    print(f"peak RSS whole / chunked = {ratio:.2f}")
+    print(json.dumps({k: {**v, "times": None} for k, v in results.items()}))
+
+
+def bench_shared(a: argparse.Namespace) -> None:
+    from promptatlas.evaluation.predict import label_suffixes, rank_loss
+
+    handle, plm, fmt = _setup(a.model)
+    batch = _task_batch(handle, fmt, a.batch)
+    golds = torch.zeros(a.batch, dtype=torch.long)
+    suffixes = label_suffixes(fmt)
+    original = plm.forward
+
+    def step(shared: bool) -> Callable[[], None]:
+        def run() -> None:
+            plm.forward = lambda *x, **k: original(*x, **{**k, "share_prompt": shared})  # type: ignore[method-assign]
+            rank_loss(plm, batch, golds, suffixes).backward()
+
+        return run
+
+    times = _interleave({"concatenated": step(False), "shared": step(True)}, a.reps, a.warmup)
+    print(f"v1 training step, batch {a.batch} x {batch.input_ids.shape[1]} tokens + 20 prompt")
+    _report(times, "concatenated")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--what", choices=("precision", "chunked", "shared"), required=True)
+    p.add_argument("--model", default="gemma-3-270m")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--tokens", type=int, default=128, help="chunked: tokens per sequence")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    a = p.parse_args()
+    {"precision": bench_precision, "chunked": bench_chunked, "shared": bench_shared}[a.what](a)
+
+
+if __name__ == "__main__":
+    main()
