@@ -28,7 +28,6 @@ def _name(text: str) -> str:
 
 
 _SCORINGS: dict[str, dict[str, Any]] = {
-    "auto": {"length_normalise": None},
     "sum": {"length_normalise": False},
     "mean": {"length_normalise": True},
     "first": {"first_token": True},
@@ -40,8 +39,8 @@ def _add_scoring(p: argparse.ArgumentParser) -> None:
         "--scoring",
         choices=tuple(_SCORINGS),
         default=None,
-        help="rank classification: sum, mean (length-normalised) or first-token log-probability "
-        "of each label word; auto (default): mean when the label words differ in token count",
+        help="rank classification: the summed (default), mean (length-normalised) or first-token "
+        "log-probability of each label word",
     )
 
 

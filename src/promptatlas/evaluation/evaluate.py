@@ -27,14 +27,13 @@ class EvalConfig:
     """How to predict. ``mode`` "rank" (classification default) scores each label's words;
     "generate" decodes greedily and maps the text to a label (reported separately).
 
-    Rank scoring (:mod:`promptatlas.evaluation.scoring`): ``length_normalise`` True = the mean
-    log-probability of a label word's tokens, False = their sum, None (default) = the mean when
-    the label words differ in token count, else the sum; ``first_token`` scores the first
-    token of each label word only."""
+    Rank scoring (:mod:`promptatlas.evaluation.scoring`): the summed log-probability of a label
+    word's tokens (default; chosen by measurement, README "Your own task"), their mean with
+    ``length_normalise``, or the first token's only with ``first_token``."""
 
     mode: Literal["auto", "rank", "generate"] = "auto"
     batch_size: int = 16
-    length_normalise: bool | None = None
+    length_normalise: bool = False
     first_token: bool = False
     score_eos: bool = False
     max_new_tokens: int = 32

@@ -80,9 +80,9 @@ def _label_words(variant: TaskVariant, tokenizer: Any) -> list[str]:
     out = [f"    label words: {shown}"]
     if len(set(counts.values())) > 1:
         out.append(
-            "    note: the label words differ in token count; rank scoring uses their mean "
-            "log-probability by default (length_normalise: null), summed scoring would favour "
-            "the shortest word"
+            "    note: the label words differ in token count; summed rank scoring (the default) "
+            "favours the shortest word before training: compare untrained scores with the "
+            "majority baseline, or choose one-token label words"
         )
     firsts = Counter(TaskFormatter(tokenizer, variant).label_token_ids()[lab][0] for lab in counts)
     if max(firsts.values()) > 1:
