@@ -17,9 +17,7 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import platform
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +31,11 @@ import torch
 from promptatlas.bank._atomic import atomic_directory
 from promptatlas.models.adapters import ModelGeometry
 from promptatlas.models.registry import ModelHandle
-from promptatlas.outputs import OutputPathError, check_output_path, follow_umask
+from promptatlas.outputs import (
+    OutputPathError,
+    check_output_path,
+    write_bytes_atomic,
+)
 from promptatlas.prompts.config import PromptConfig, PromptConfigError
 from promptatlas.prompts.soft_prompt import SoftPrompt
 
@@ -166,17 +168,7 @@ def _dumps(data: Mapping[str, Any]) -> str:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write via a temporary file in the same directory and os.replace (atomic on POSIX); the
     file gets the mode the umask gives (as a plain ``open`` would)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        follow_umask(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
