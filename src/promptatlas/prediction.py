@@ -97,10 +97,9 @@ def predict_file(
     """Predict every row of ``path`` with the prompt at ``prompt_dir`` (module docstring);
     writes JSONL to ``out`` when given."""
     from promptatlas.bank import load_prompt, read_metadata, write_text_atomic
-    from promptatlas.evaluation.evaluate import EvalConfig
+    from promptatlas.evaluation.evaluate import EvalConfig, rank_predict
     from promptatlas.evaluation.metrics import compute_metrics
-    from promptatlas.evaluation.predict import generate, rank_classify
-    from promptatlas.evaluation.scoring import check_label_words, resolve_length_normalise
+    from promptatlas.evaluation.predict import generate
     from promptatlas.formatting import FormatConfig, TaskFormatter
     from promptatlas.models import load_model
     from promptatlas.prompts import PromptedLM
@@ -132,16 +131,7 @@ def predict_file(
     )
     rows: list[dict[str, Any]] = []
     if task.spec.kind == "classification" and eval_config.mode != "generate":
-        check_label_words(formatter, eval_config)
-        preds, scores = rank_classify(
-            plm,
-            formatter,
-            examples,
-            batch_size=eval_config.batch_size,
-            length_normalise=resolve_length_normalise(eval_config, formatter),
-            score_eos=eval_config.score_eos,
-            first_token=eval_config.first_token,
-        )
+        preds, scores = rank_predict(plm, formatter, examples, eval_config)
         for ex, pred, row_scores in zip(examples, preds, scores.tolist(), strict=True):
             by_label = zip(task.labels, (round(v, 4) for v in row_scores), strict=True)
             rows.append(

@@ -6,13 +6,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
+
 from promptatlas.evaluation.confidence import (
     Estimate,
     ExampleScores,
     bootstrap_ci,
     paired_bootstrap,
 )
-from promptatlas.evaluation.metrics import compute_metrics, per_example_scores
+from promptatlas.evaluation.metrics import score_predictions
 from promptatlas.evaluation.predict import generate, rank_classify
 from promptatlas.evaluation.scoring import check_label_words, resolve_length_normalise
 from promptatlas.formatting import TaskFormatter
@@ -90,6 +92,23 @@ def paired_gain(
     return paired_bootstrap(a, b, seed=seed).to_dict()
 
 
+def rank_predict(
+    plm: PromptedLM, formatter: TaskFormatter, examples: Sequence[Example], cfg: EvalConfig
+) -> tuple[list[str], torch.Tensor]:
+    """Rank classification with ``cfg``'s scoring (warning on uneven label words under summed
+    scores): the predicted label keys and the (N, n_labels) scores."""
+    check_label_words(formatter, cfg)
+    return rank_classify(
+        plm,
+        formatter,
+        examples,
+        batch_size=cfg.batch_size,
+        length_normalise=resolve_length_normalise(cfg, formatter),
+        score_eos=cfg.score_eos,
+        first_token=cfg.first_token,
+    )
+
+
 def evaluate(
     plm: PromptedLM,
     formatter: TaskFormatter,
@@ -107,23 +126,9 @@ def evaluate(
     if mode == "rank":
         if task.spec.kind != "classification":
             raise ValueError(f"rank classification needs a classification task, not {task.name}")
-        check_label_words(formatter, cfg)
-        preds, _ = rank_classify(
-            plm,
-            formatter,
-            examples,
-            batch_size=cfg.batch_size,
-            length_normalise=resolve_length_normalise(cfg, formatter),
-            score_eos=cfg.score_eos,
-            first_token=cfg.first_token,
-        )
-        return EvalResult(
-            compute_metrics(task, preds, examples),
-            preds,
-            len(examples),
-            mode,
-            examples=per_example_scores(task, preds, examples),
-        )
+        preds, _ = rank_predict(plm, formatter, examples, cfg)
+        metrics, scores = score_predictions(task, preds, examples)
+        return EvalResult(metrics, preds, len(examples), mode, examples=scores)
     texts = generate(
         plm, formatter, examples, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size
     )
@@ -132,15 +137,8 @@ def evaluate(
         words = {task.verbalizers[lab]: lab for lab in task.labels}
         preds = [words.get(t.strip(), "<invalid>") for t in texts]
         valid = sum(p != "<invalid>" for p in preds) / len(preds)
-        metrics = compute_metrics(task, preds, examples)
+        metrics, scores = score_predictions(task, preds, examples)
         metrics["valid_label_rate"] = valid
-        return EvalResult(
-            metrics, texts, len(examples), mode, examples=per_example_scores(task, preds, examples)
-        )
-    return EvalResult(
-        compute_metrics(task, texts, examples),
-        texts,
-        len(examples),
-        mode,
-        examples=per_example_scores(task, texts, examples),
-    )
+        return EvalResult(metrics, texts, len(examples), mode, examples=scores)
+    metrics, scores = score_predictions(task, texts, examples)
+    return EvalResult(metrics, texts, len(examples), mode, examples=scores)

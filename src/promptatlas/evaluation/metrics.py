@@ -290,59 +290,45 @@ def compute_metrics(
     ``majority`` (:func:`majority_baseline`). QA: mean em and f1 (score = f1). CG: mean
     coverage (score = coverage).
     """
+    return score_predictions(task, predictions, examples)[0]
+
+
+def score_predictions(
+    task: TaskVariant, predictions: Sequence[str], examples: Sequence[Example]
+) -> tuple[dict[str, float], ExampleScores]:
+    """:func:`compute_metrics` and, from the same per-example work, what the main metric needs
+    per example for bootstrap intervals (:mod:`promptatlas.evaluation.confidence`): label
+    indices for classification metrics, per-example F1 (QA) or coverage (CG)."""
+    from promptatlas.evaluation.confidence import example_scores
+
     _check_pairs(predictions, examples)
     spec = task.spec
     if spec.kind == "classification":
         golds = [str(ex.label) for ex in examples]
         out = _classification(task, predictions, golds)
         out["majority"] = majority_baseline(task, golds)[1]
-        return out
+        scores = example_scores(
+            spec.metric,
+            preds=list(predictions),
+            golds=golds,
+            labels=task.labels,
+            positive=task.positive_label,
+        )
+        return out, scores
     if spec.metric == "squad":
         pairs = [
             squad_em_f1(p, ex.references or (ex.target,), task.lang)
             for p, ex in zip(predictions, examples, strict=True)
         ]
+        f1s = [f for _, f in pairs]
         em = sum(e for e, _ in pairs) / len(pairs)
-        f1 = sum(f for _, f in pairs) / len(pairs)
-        return {"em": em, "f1": f1, "score": f1}
+        f1 = sum(f1s) / len(f1s)
+        return {"em": em, "f1": f1, "score": f1}, example_scores("mean", values=f1s)
     if spec.metric == "coverage":
         cov = [
             coverage(p, ex.concepts or tuple(ex.inputs[0].split()), task.lang)
             for p, ex in zip(predictions, examples, strict=True)
         ]
         mean = sum(cov) / len(cov)
-        return {"coverage": mean, "score": mean}
+        return {"coverage": mean, "score": mean}, example_scores("mean", values=cov)
     raise ValueError(f"no metric implementation for {spec.metric!r} (task {task.name})")
-
-
-def per_example_scores(
-    task: TaskVariant, predictions: Sequence[str], examples: Sequence[Example]
-) -> ExampleScores:
-    """What the task's main metric needs per example, for bootstrap intervals
-    (:mod:`promptatlas.evaluation.confidence`): label indices for classification metrics,
-    per-example F1 (QA) or coverage (CG) for generation."""
-    from promptatlas.evaluation.confidence import example_scores
-
-    _check_pairs(predictions, examples)
-    spec = task.spec
-    if spec.kind == "classification":
-        return example_scores(
-            spec.metric,
-            preds=list(predictions),
-            golds=[str(ex.label) for ex in examples],
-            labels=task.labels,
-            positive=task.positive_label,
-        )
-    if spec.metric == "squad":
-        values = [
-            squad_em_f1(p, ex.references or (ex.target,), task.lang)[1]
-            for p, ex in zip(predictions, examples, strict=True)
-        ]
-    elif spec.metric == "coverage":
-        values = [
-            coverage(p, ex.concepts or tuple(ex.inputs[0].split()), task.lang)
-            for p, ex in zip(predictions, examples, strict=True)
-        ]
-    else:
-        raise ValueError(f"no metric implementation for {spec.metric!r} (task {task.name})")
-    return example_scores("mean", values=values)
