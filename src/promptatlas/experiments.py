@@ -37,10 +37,11 @@ from typing import Any
 
 import yaml
 
-from promptatlas.bank import ResultsDB, read_metadata, write_text_atomic
+from promptatlas.bank import ResultsDB, read_metadata
 from promptatlas.configtools import ConfigError, check_fields, config_hash, from_dict
 from promptatlas.evaluation.evaluate import EvalConfig
 from promptatlas.formatting import FormatConfig
+from promptatlas.io import write_text_atomic
 from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
 from promptatlas.prompts import PromptConfig
 from promptatlas.tasks.registry import task_fingerprint, task_name

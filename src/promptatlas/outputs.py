@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+from promptatlas.io import current_umask, follow_umask, write_bytes_atomic
+
 __all__ = [
     "OutputPathError",
     "check_output_path",
@@ -27,46 +29,6 @@ OutputKind = Literal["directory", "folder", "file"]
 
 class OutputPathError(ValueError):
     """An output path that cannot be written; the message names the path, why and the fix."""
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where Linux tells it (/proc), else by the
-    classic set-and-restore."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def follow_umask(path: str | Path, *, directory: bool = False) -> None:
-    """Give ``path`` the mode a plain ``open``/``mkdir`` would have given it.
-
-    ``tempfile.mkstemp``/``mkdtemp`` (and some writers, e.g. safetensors) create files 0600 and
-    directories 0700 whatever the umask, so a bank shared through a group would be unreadable to
-    colleagues; the atomic writers call this before renaming into place."""
-    base = 0o777 if directory else 0o666
-    os.chmod(path, base & ~current_umask())
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory, fsync and os.replace (atomic on POSIX);
-    the file gets the mode the umask gives."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        follow_umask(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -96,11 +96,12 @@ def predict_file(
 ) -> PredictResult:
     """Predict every row of ``path`` with the prompt at ``prompt_dir`` (module docstring);
     writes JSONL to ``out`` when given."""
-    from promptatlas.bank import load_prompt, read_metadata, write_text_atomic
+    from promptatlas.bank import load_prompt, read_metadata
     from promptatlas.evaluation.evaluate import EvalConfig, rank_predict
     from promptatlas.evaluation.metrics import compute_metrics
     from promptatlas.evaluation.predict import generate
     from promptatlas.formatting import FormatConfig, TaskFormatter
+    from promptatlas.io import write_text_atomic
     from promptatlas.models import load_model
     from promptatlas.prompts import PromptedLM
     from promptatlas.prompts.injection import autocast_dtype

@@ -9,7 +9,6 @@ results database.
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 import zlib
 from collections.abc import Mapping
@@ -26,11 +25,11 @@ from promptatlas.bank import (
     load_prompt,
     save_prompt,
     update_metrics,
-    write_text_atomic,
 )
 from promptatlas.configtools import from_dict
 from promptatlas.evaluation.evaluate import EvalConfig, EvalResult, evaluate, paired_gain
 from promptatlas.formatting import FormatConfig, TaskFormatter
+from promptatlas.io import write_json_atomic
 from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
 from promptatlas.models.precision import check_precision, resolve_precision
 from promptatlas.prompts import PromptConfig, PromptedLM, SoftPrompt, check_context
@@ -370,4 +369,4 @@ def evaluate_stored(
 
 def dump_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
-    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    write_json_atomic(path, data)

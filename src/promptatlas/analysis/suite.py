@@ -34,10 +34,9 @@ from promptatlas.bank import (
     PromptMetadata,
     list_prompts,
     load_prompt,
-    write_csv_atomic,
-    write_text_atomic,
 )
 from promptatlas.formatting import FormatConfig, TaskFormatter
+from promptatlas.io import write_csv_atomic, write_json_atomic, write_text_atomic
 from promptatlas.models import ModelHandle, load_model
 from promptatlas.models.precision import check_precision
 from promptatlas.prompts import SoftPrompt
@@ -186,17 +185,7 @@ def _cell(value: Any) -> Any:
 
 
 def _json(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=_jsonable))
-    return path
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    return write_json_atomic(path, data)
 
 
 def _floats(x: torch.Tensor | Sequence[float]) -> list[float]:

@@ -32,9 +32,8 @@ from promptatlas.bank.store import (
     save_prompt,
     update_metrics,
     versions,
-    write_csv_atomic,
-    write_text_atomic,
 )
+from promptatlas.io import write_csv_atomic, write_text_atomic  # old import path, kept
 
 __all__ = [
     "ADAPTER_CONFIG",

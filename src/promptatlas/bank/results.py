@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from promptatlas.bank.store import _json_default
+from promptatlas.io import json_default
 
 __all__ = [
     "DEFAULT_COLUMNS",
@@ -306,8 +306,8 @@ class ResultsDB:
             method,
             split,
             main,
-            json.dumps(dict(metrics), default=_json_default),
-            json.dumps(dict(config), default=_json_default),
+            json.dumps(dict(metrics), default=json_default),
+            json.dumps(dict(config), default=json_default),
             _absolute(prompt_dir) if prompt_dir is not None else None,
             seed,
             json.dumps(dict(versions)),

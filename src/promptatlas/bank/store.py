@@ -13,13 +13,11 @@ one, never a mix or a half-written file.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import platform
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -29,13 +27,10 @@ from typing import Any
 import torch
 
 from promptatlas.bank._atomic import atomic_directory
+from promptatlas.io import dumps_json, write_text_atomic
 from promptatlas.models.adapters import ModelGeometry
 from promptatlas.models.registry import ModelHandle
-from promptatlas.outputs import (
-    OutputPathError,
-    check_output_path,
-    write_bytes_atomic,
-)
+from promptatlas.outputs import OutputPathError, check_output_path
 from promptatlas.prompts.config import PromptConfig, PromptConfigError
 from promptatlas.prompts.soft_prompt import SoftPrompt
 
@@ -142,44 +137,8 @@ def versions() -> dict[str, str]:
     return out
 
 
-# -- JSON helpers ---------------------------------------------------------------------------
-
-
-def _json_default(value: Any) -> Any:
-    """Make common non-JSON values (paths, dataclasses, sets, numpy/torch scalars) serialisable."""
-    if isinstance(value, Path):
-        return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, set | frozenset):
-        return sorted(value, key=repr)
-    if isinstance(value, torch.dtype | torch.device):
-        return str(value)
-    for method in ("tolist", "item"):  # numpy arrays/scalars, torch tensors
-        if callable(getattr(value, method, None)):
-            return getattr(value, method)()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable: {value!r}")
-
-
 def _dumps(data: Mapping[str, Any]) -> str:
-    return json.dumps(data, indent=2, ensure_ascii=False, default=_json_default) + "\n"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory and os.replace (atomic on POSIX); the
-    file gets the mode the umask gives (as a plain ``open`` would)."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
-    """A CSV table (header + rows) written atomically; the parent folder is created."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, buffer.getvalue())
-    return path
+    return dumps_json(data)
 
 
 def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

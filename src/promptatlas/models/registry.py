@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from promptatlas.io import follow_umask
 from promptatlas.models.adapters import ArchitectureAdapter, ModelGeometry, adapter_for
-from promptatlas.outputs import follow_umask
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,7 @@ matplotlib.use("Agg")  # figures are files; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from promptatlas.outputs import follow_umask
+from promptatlas.io import atomic_file
 
 __all__ = ["annotated_heatmap", "save_figure", "subplots"]
 
@@ -78,14 +76,9 @@ def save_figure(fig: Any, path: str | Path, *, dpi: int = 130) -> Path:
     """Save as PNG through a temp file + rename (never a half-written figure), then close."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        follow_umask(tmp)  # mkstemp made it 0600
-        os.replace(tmp, path)
+        with atomic_file(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -26,8 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from promptatlas.bank import ResultsDB, RunRecord, write_text_atomic
-from promptatlas.bank import write_csv_atomic as _write_csv
+from promptatlas.bank import ResultsDB, RunRecord
+from promptatlas.io import write_csv_atomic as _write_csv
+from promptatlas.io import write_text_atomic
 
 if TYPE_CHECKING:
     from promptatlas.transfer.grid import GridConfig

@@ -35,7 +35,7 @@ from promptatlas.evaluation.evaluate import EvalConfig, evaluate
 from promptatlas.evaluation.predict import label_suffixes, rank_loss, target_loss
 from promptatlas.evaluation.scoring import resolve_length_normalise
 from promptatlas.formatting import EncodedExample, TaskFormatter, TextLMFormatter, collate
-from promptatlas.outputs import write_bytes_atomic
+from promptatlas.io import write_bytes_atomic
 from promptatlas.prompts.injection import PromptedLM
 from promptatlas.prompts.soft_prompt import SoftPrompt
 from promptatlas.tasks import Example

@@ -35,12 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptatlas.bank import versions, write_text_atomic
+from promptatlas.bank import versions
 from promptatlas.evaluation.evaluate import EvalConfig
 from promptatlas.formatting import TaskFormatter
+from promptatlas.io import json_default, write_bytes_atomic, write_text_atomic
 from promptatlas.models.adapters import ModelGeometry
 from promptatlas.models.registry import ModelHandle
-from promptatlas.outputs import write_bytes_atomic
 from promptatlas.prompts.config import PromptConfig, PromptConfigError, SegmentConfig
 from promptatlas.prompts.injection import PromptedLM
 from promptatlas.prompts.soft_prompt import SoftPrompt
@@ -575,17 +575,6 @@ def project_prompt(
 # -- storage -------------------------------------------------------------------------------
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    for method in ("tolist", "item"):  # numpy / torch values
-        if callable(getattr(value, method, None)):
-            return getattr(value, method)()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable: {value!r}")
-
-
 def save_projector(
     directory: str | Path,
     projector: PromptProjector,
@@ -644,7 +633,7 @@ def save_projector(
         "extra": dict(extra or {}),
     }
     # Serialise before touching the disk so a bad ``extra`` value fails with nothing written.
-    text = json.dumps(meta, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+    text = json.dumps(meta, indent=2, ensure_ascii=False, default=json_default) + "\n"
     target = Path(directory).expanduser().absolute()
     target.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(target / PROJECTOR_TENSORS_FILE, payload)
