@@ -21,6 +21,8 @@ from torch import nn
 
 from promptatlas.models.precision import autocast_dtype
 from promptatlas.models.registry import ModelHandle
+from promptatlas.prompts.kv import cache_for as _cache_for
+from promptatlas.prompts.kv import token_key_values
 from promptatlas.prompts.soft_prompt import SoftPrompt, check_context
 
 __all__ = ["PromptedForward", "PromptedLM", "autocast_dtype", "token_key_values"]
@@ -34,29 +36,10 @@ class PromptedForward:
     hidden_states: tuple[torch.Tensor, ...] | None = None  # per layer output, with prompt positions
 
 
-def _cache_for(model: Any) -> Any:
-    from transformers import DynamicCache
-
-    return DynamicCache(config=model.config)
-
-
 def _to_heads(x: torch.Tensor, n_kv: int, batch: int) -> torch.Tensor:
     """(k, d_kv) → (B, n_kv, k, head_dim)."""
     k = x.shape[0]
     return x.reshape(k, n_kv, -1).permute(1, 0, 2).unsqueeze(0).expand(batch, -1, -1, -1)
-
-
-@torch.no_grad()
-def token_key_values(handle: ModelHandle, ids: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
-    """Per layer (keys, values) as (T, d_kv) that the model computes for one token sequence."""
-    cache = _cache_for(handle.model)
-    handle.adapter.backbone(handle.model)(input_ids=ids, past_key_values=cache, use_cache=True)
-    out: list[tuple[torch.Tensor, ...]] = []
-    for layer in cache.layers:
-        k = layer.keys[0].permute(1, 0, 2).reshape(ids.shape[1], -1)
-        v = layer.values[0].permute(1, 0, 2).reshape(ids.shape[1], -1)
-        out.append((k, v))
-    return out
 
 
 class PromptedLM:

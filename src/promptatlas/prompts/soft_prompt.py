@@ -11,6 +11,7 @@ from torch import nn
 
 from promptatlas.models.adapters import ModelGeometry, context_window
 from promptatlas.prompts.config import PromptConfig, PromptConfigError
+from promptatlas.prompts.kv import token_key_values
 
 __all__ = [
     "LARGE_PROMPT",
@@ -237,8 +238,6 @@ def _sample_vocab_ids(handle: Any, n: int, generator: torch.Generator) -> list[i
 def _token_states(prompt: SoftPrompt, handle: Any, ids: Sequence[int]) -> torch.Tensor:
     """v1: the (scaled) input embeddings of ``ids``; v2: the keys/values the model itself
     produces for that token sequence in each chosen layer (shared k=v takes the values)."""
-    from promptatlas.prompts.injection import token_key_values
-
     ids_t = torch.tensor([list(ids)], device=handle.device)
     if prompt.config.method == "v1":
         emb = handle.adapter.input_embeddings(handle.model)(ids_t)[0]

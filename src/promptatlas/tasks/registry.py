@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 from promptatlas.configtools import config_hash
+from promptatlas.tasks import specs
 from promptatlas.tasks.carve import carve
 from promptatlas.tasks.errors import DataError, UnknownTaskError
 from promptatlas.tasks.specs import Example, TaskSpec, TaskVariant, check_split
@@ -400,3 +402,6 @@ def changed_data(
                 f"{after['sha256']})"
             )
     return out
+
+
+specs.bind_registry(sys.modules[__name__])

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from promptatlas.tasks.errors import DataError
 
@@ -141,20 +141,28 @@ class FrozenMap(Mapping[str, str]):
         return repr(self._data)
 
 
+# The registry (tasks/registry.py, which builds on this module) binds itself here when the
+# package is imported, so names resolve without this module importing it back.
+_registry: Any = None
+
+
+def bind_registry(registry: Any) -> None:
+    """Called once by :mod:`promptatlas.tasks.registry`: the resolver behind :func:`get_task`."""
+    global _registry
+    _registry = registry
+
+
 def list_tasks() -> list[TaskVariant]:
     """Every built-in task/language pair, in a fixed order (task, then language)."""
-    from promptatlas.tasks.registry import builtin_variants
-
-    return list(builtin_variants().values())
+    return list(_registry.builtin_variants().values())
 
 
 def get_task(task: str, lang: str) -> TaskVariant:
     """The variant of ``task`` in ``lang``: a built-in task, a task registered from a task file
     or prompt metadata, or a task file path (``my-task.yaml``, read and registered).
     :class:`UnknownTaskError` lists the valid names."""
-    from promptatlas.tasks.registry import resolve_task
-
-    return resolve_task(task, lang)
+    result: TaskVariant = _registry.resolve_task(task, lang)
+    return result
 
 
 # TASKS (built-in task name → spec) and VARIANTS ("sa-en" → variant) are read from the shipped
@@ -165,9 +173,9 @@ VARIANTS: Mapping[str, TaskVariant]
 
 def __getattr__(name: str) -> object:
     if name in ("TASKS", "VARIANTS"):
-        from promptatlas.tasks import registry
-
-        return registry.BUILTIN_SPECS() if name == "TASKS" else registry.builtin_variants()
+        if name == "TASKS":
+            return _registry.BUILTIN_SPECS()
+        return _registry.builtin_variants()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
