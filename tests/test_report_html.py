@@ -1,0 +1,204 @@
+"""The HTML page of a results folder: one self-contained file with the summary first, every
+figure embedded, every table's rows, a contents list per section, all text escaped."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from promptatlas.report.html import markdown_to_html, write_html
+
+SUMMARY = """# demo: results with intervals
+
+Scores ×100 with 95% intervals; `n` per row. **Bold** <script>alert("summary")</script>
+
+## Baselines
+
+| method | task | score |
+|---|---|---|
+| v1 | sa-en | 71.3 [66.0, 76.3] |
+| v2 | <script>x</script> | 64.0 |
+
+- one point
+- another `point`
+"""
+
+VOIDS = {"meta", "img", "br", "hr", "link", "input"}
+
+
+class _Checker(HTMLParser):
+    """Collects tags, ids, links and image sources; checks that elements nest properly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.ids: list[str] = []
+        self.links: list[str] = []
+        self.images: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        values = dict(attrs)
+        if values.get("id"):
+            self.ids.append(str(values["id"]))
+        if tag == "a" and values.get("href"):
+            self.links.append(str(values["href"]))
+        if tag == "img":
+            self.images.append(str(values.get("src")))
+        for name in ("src", "href"):
+            value = values.get(name) or ""
+            if value and not value.startswith(("#", "data:")):
+                self.errors.append(f"external {name}: {value[:60]}")
+        if tag not in VOIDS:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+
+
+def _png(path: Path) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 1.5))
+    ax.plot([0, 1, 2], [1, 0, 2])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path.read_bytes()
+
+
+@pytest.fixture()
+def results(tmp_path: Path) -> Path:
+    root = tmp_path / "demo"
+    (root / "report").mkdir(parents=True)
+    (root / "report" / "summary.md").write_text(SUMMARY, encoding="utf-8")
+    with open(root / "report" / "cells.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["kind", "task", "score"])
+        writer.writerow(["baseline", "sa-en", "0.713"])
+        writer.writerow(["transfer", "<script>alert('csv')</script>", "-0.05"])
+        writer.writerow(["quote", 'a "b" & c', "1e-3"])
+    _png(root / "report" / "transfer_heatmaps.png")
+    attention = root / "atlas" / "attention"
+    _png(attention / "kl_per_layer.png")
+    (attention / "summary.txt").write_text("v1: peaks at layers [2] <b>not bold</b>\n")
+    with open(attention / "kl_heads.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["prompt", "layer", "kl"])
+        writer.writerows([["sa-en-v1", i, i / 10] for i in range(300)])
+    (root / "g.yaml").write_text("name: demo\nmodel: tiny-llama # <model>\n")
+    # Not part of the page: prompt directories, banks, checkpoints.
+    prompt = root / "bank" / "sa-en-v1-s1"
+    prompt.mkdir(parents=True)
+    (prompt / "prompt.json").write_text("{}")
+    _png(prompt / "secret_bank.png")
+    transfer = root / "transfer" / "nli-to-sa-en-v1-s1"
+    transfer.mkdir(parents=True)
+    (transfer / "prompt.json").write_text("{}")
+    (transfer / "secret_transfer.csv").write_text("a\n1\n")
+    hidden = root / ".run.checkpoint"
+    hidden.mkdir()
+    (hidden / "secret_hidden.txt").write_text("x")
+    return root
+
+
+def test_page_is_self_contained_and_complete(results: Path) -> None:
+    page = write_html(results)
+    assert page == results / "index.html"
+    text = page.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+
+    checker = _Checker()
+    checker.feed(text)
+    checker.close()
+    assert checker.errors == []
+    assert checker.stack == []
+    assert "script" not in checker.tags  # no script at all, not even escaped into a tag
+
+    # Every figure is embedded, byte for byte.
+    for png in (
+        results / "report" / "transfer_heatmaps.png",
+        results / "atlas/attention/kl_per_layer.png",
+    ):
+        assert f"data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}" in text
+    assert len(checker.images) == 2
+    assert all(src.startswith("data:image/png;base64,") for src in checker.images)
+
+    # Tables: the markdown summary's rows and the CSV rows.
+    assert '<td class="num">0.713</td>' in text
+    assert "<td>71.3 [66.0, 76.3]</td>" in text
+    assert "<td>a &quot;b&quot; &amp; c</td>" in text
+    assert '<td class="num">-0.05</td>' in text
+    # Long tables are cut at max_rows with a note.
+    assert "the first 200 of 300 rows" in text
+    assert '<td>sa-en-v1</td><td class="num">199</td>' in text
+    assert '<td>sa-en-v1</td><td class="num">200</td>' not in text
+
+    # Escaping: no markup from the files gets through.
+    assert "<script" not in text
+    assert "&lt;script&gt;alert(&quot;summary&quot;)&lt;/script&gt;" in text
+    assert "&lt;script&gt;alert(&#x27;csv&#x27;)&lt;/script&gt;" in text
+    assert "&lt;b&gt;not bold&lt;/b&gt;" in text
+    assert "# &lt;model&gt;" in text
+
+    # The summary comes first; its title is the page's.
+    assert "<title>demo: results with intervals</title>" in text
+    assert text.index('id="summary"') < text.index('id="contents"') < text.index("<section")
+    assert "<strong>Bold</strong>" in text and "<code>n</code>" in text
+    assert "<li>another <code>point</code></li>" in text
+
+    # Contents: the page's and each section's, every link resolves.
+    anchors = [link[1:] for link in checker.links if link.startswith("#")]
+    assert set(anchors) <= set(checker.ids)
+    assert {"s-report", "s-atlas-attention", "s-top"} <= set(anchors)
+    assert "s-report-cells-csv" in anchors and "s-report-transfer-heatmaps-png" in anchors
+    order = [text.index(f'<section id="{s}"') for s in ("s-top", "s-report", "s-atlas-attention")]
+    assert order == sorted(order)
+
+    # What is not part of the page.
+    for secret in ("secret_bank", "secret_transfer", "secret_hidden"):
+        assert secret not in text
+
+
+def test_out_path_and_rerun(results: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pages" / "demo.html"
+    assert write_html(results, out, max_rows=5) == out
+    text = out.read_text(encoding="utf-8")
+    assert "the first 5 of 300 rows" in text
+    first = write_html(results)
+    # A second page in the folder is not taken into the next one.
+    again = write_html(results).read_text(encoding="utf-8")
+    assert again.count("<section") == first.read_text(encoding="utf-8").count("<section")
+
+
+def test_folder_without_summary(tmp_path: Path) -> None:
+    root = tmp_path / "plain"
+    (root / "compression").mkdir(parents=True)
+    (root / "compression" / "results.csv").write_text("method,score\nv1,0.5\n")
+    text = write_html(root).read_text(encoding="utf-8")
+    assert "<title>plain</title>" in text
+    assert 'id="summary"' not in text
+    assert '<td class="num">0.5</td>' in text
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        write_html(tmp_path / "missing")
+
+
+def test_markdown_blocks() -> None:
+    out = markdown_to_html("# T\n\n```\n<a> & b\n```\ntext *not a list*\n", heading_offset=1)
+    assert "<h2>T</h2>" in out
+    assert "<pre>&lt;a&gt; &amp; b</pre>" in out
+    assert "<p>text *not a list*</p>" in out
+    assert re.search(r"<table>", markdown_to_html("| a |\n| b |\n")) is None  # no rule line
