@@ -58,10 +58,10 @@ from promptatlas.models.precision import cpu_info, hardware_info, resolve_precis
 from promptatlas.models.registry import ModelHandle, load_model
 from promptatlas.prompts import PromptConfig, PromptedLM, SoftPrompt
 from promptatlas.prompts.config import Method
+from promptatlas.runs.train import RunConfig, build_prompt
 from promptatlas.tasks import Example, get_task, load_split
 from promptatlas.training import TrainConfig, train_prompt
 from promptatlas.training.trainer import _micro_batch
-from promptatlas.workflows import RunConfig, build_prompt
 
 SYSTEMS = ("promptatlas-v1", "promptatlas-v2", "peft-random", "peft-text")
 REFERENCE = "promptatlas-v1"

@@ -33,9 +33,9 @@ from promptatlas.evaluation.scoring import label_token_counts
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.models import load_model
 from promptatlas.prompts import PromptConfig, PromptedLM
+from promptatlas.runs.train import RunConfig, build_prompt
 from promptatlas.tasks import get_task, load_split
 from promptatlas.training import TrainConfig, train_prompt
-from promptatlas.workflows import RunConfig, build_prompt
 
 
 def _score_all(plm: PromptedLM, fmt: TaskFormatter, test: list[Any]) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Trains and tests every (task, language, method) cell of ``configs/table2.yaml`` (the thesis's
 Table 6 batch sizes and max lengths, epochs scaled to the bundled data; see the file) with
-:func:`promptatlas.experiments.run_experiment`, so every prompt lands in the prompt bank
+:func:`promptatlas.studies.experiment.run_experiment`, so every prompt lands in the prompt bank
 (``<out>/bank``) and every evaluation in the results database, and a rerun skips finished
 cells. TC-en runs at Table 6's English batch size (64), which an experiment file cannot give
 one language only. Then ``<out>/table2.md`` puts the scores (×100, 95% bootstrap interval over
@@ -29,15 +29,15 @@ from typing import Any
 import torch
 
 from promptatlas.bank import ResultsDB, read_metadata, write_text_atomic
-from promptatlas.experiments import (
+from promptatlas.models import load_model
+from promptatlas.models.precision import hardware_info, resolve_precision
+from promptatlas.studies.experiment import (
     ExperimentConfig,
     experiment_from_mapping,
     read_yaml,
     run_experiment,
     write_tables,
 )
-from promptatlas.models import load_model
-from promptatlas.models.precision import hardware_info, resolve_precision
 from promptatlas.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,14 +13,14 @@ import pytest
 import torch
 import yaml
 
-from promptatlas.analysis import suite
 from promptatlas.analysis.attention import attention_change
 from promptatlas.analysis.capture import context_batches
 from promptatlas.bank import ResultsDB
 from promptatlas.cli import main
-from promptatlas.experiments import load_experiment
 from promptatlas.formatting import TaskFormatter
-from promptatlas.transfer import load_grid, run_grid
+from promptatlas.studies import atlas as suite
+from promptatlas.studies.experiment import load_experiment
+from promptatlas.studies.grid import load_grid, run_grid
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

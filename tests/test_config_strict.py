@@ -11,11 +11,12 @@ import pytest
 
 from promptatlas.cli import main
 from promptatlas.configtools import ConfigError, from_dict
-from promptatlas.experiments import ExperimentError, load_experiment
 from promptatlas.prompts import PromptConfig, PromptConfigError
+from promptatlas.runs.train import RunConfig
+from promptatlas.studies.experiment import ExperimentError, load_experiment
+from promptatlas.studies.grid import load_grid
 from promptatlas.training import TrainConfig
-from promptatlas.transfer import LanguagePromptConfig, load_grid
-from promptatlas.workflows import RunConfig
+from promptatlas.transfer import LanguagePromptConfig
 
 HEAD = "name: t\nmodel: tiny-gpt2\ntasks: [sa]\nlangs: [en]\nmethods: {v1: {method: v1}}\n"
 

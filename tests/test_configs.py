@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from promptatlas.experiments import load_experiment
-from promptatlas.transfer import load_grid
+from promptatlas.studies.experiment import load_experiment
+from promptatlas.studies.grid import load_grid
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -75,7 +75,7 @@ def test_explicit_bf16_without_native_support_warns_once(
 def test_invalid_precision_names_the_choices() -> None:
     with pytest.raises(ValueError, match="auto, fp32, bf16"):
         prec.check_precision("fp16")
-    from promptatlas.workflows import RunConfig
+    from promptatlas.runs.train import RunConfig
 
     with pytest.raises(ValueError, match="precision"):
         RunConfig(task="sa", lang="en", model="tiny-gpt2", precision="half")
@@ -86,7 +86,7 @@ def test_run_metadata_records_resolved_precision_and_cpu(
     tiny_handles: dict[str, Any], tmp_path: Any
 ) -> None:
     from promptatlas.bank import ResultsDB, read_metadata
-    from promptatlas.workflows import RunConfig, train_run
+    from promptatlas.runs.train import RunConfig, train_run
 
     cfg = RunConfig(
         task="sa",

@@ -78,7 +78,7 @@ def test_db_stores_absolute_paths_and_lower_case_names(
 
 
 def test_experiment_names_are_case_insensitive(tmp_path: Path) -> None:
-    from promptatlas.experiments import experiment_from_mapping
+    from promptatlas.studies.experiment import experiment_from_mapping
 
     exp = experiment_from_mapping(
         {
@@ -97,7 +97,7 @@ def test_experiment_names_are_case_insensitive(tmp_path: Path) -> None:
 
 
 def test_grid_task_names_are_case_insensitive(tmp_path: Path) -> None:
-    from promptatlas.transfer import load_grid
+    from promptatlas.studies.grid import load_grid
 
     path = tmp_path / "g.yaml"
     path.write_text(

@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 
 from promptatlas.bank import ResultsDB, read_metadata
-from promptatlas.experiments import load_experiment, run_experiment
-from promptatlas.transfer import load_grid, run_grid
+from promptatlas.studies.experiment import load_experiment, run_experiment
+from promptatlas.studies.grid import load_grid, run_grid
 
 
 def _experiment_file(tmp: Path, steps: int, *, test_limit: int = 4) -> Path:

@@ -50,7 +50,7 @@ def test_table2_script_writes_a_row_with_intervals(tmp_path: Path) -> None:
 
 
 def test_table2_config_is_table6_scaled_to_the_bundled_data() -> None:
-    from promptatlas.workflows import load_examples
+    from promptatlas.runs.train import load_examples
 
     table2 = _script()
     full, parts = table2.split_experiments(

@@ -355,7 +355,7 @@ def test_tasks_check_reports_counts_baseline_and_tokens(
 
 
 def test_experiment_file_takes_a_task_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from promptatlas.experiments import experiment_from_mapping, run_experiment
+    from promptatlas.studies.experiment import experiment_from_mapping, run_experiment
 
     _write_task(tmp_path)
     monkeypatch.chdir(tmp_path)

@@ -13,23 +13,23 @@ import yaml
 
 from promptatlas.bank import ResultsDB, load_prompt, read_metadata
 from promptatlas.prompts import PromptConfig
+from promptatlas.runs.train import RunConfig, train_run
+from promptatlas.runs.transfer import (
+    source_label_variant,
+    steps_to_reach,
+    transfer_kind,
+    transfer_run,
+    zero_shot,
+)
+from promptatlas.studies.grid import load_grid, parse_shard, run_grid
 from promptatlas.tasks import get_task
 from promptatlas.training import TrainConfig
 from promptatlas.transfer import (
     LANG_SEGMENT,
     TASK_SEGMENT,
     LanguagePromptConfig,
-    load_grid,
-    parse_shard,
-    run_grid,
-    source_label_variant,
-    steps_to_reach,
     train_language_prompt,
-    transfer_kind,
-    transfer_run,
-    zero_shot,
 )
-from promptatlas.workflows import RunConfig, train_run
 
 FAST = {"steps": 3, "batch_size": 4, "lr": 0.1, "warmup": 0.0, "eval_every": 1, "dev_limit": 6}
 
@@ -125,7 +125,7 @@ def test_language_prompt_method_mismatch_is_named(
 
 def _capture_start(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, torch.Tensor]]:
     """Record the prompt tensors at the moment training starts."""
-    import promptatlas.workflows as workflows
+    import promptatlas.runs.train as workflows
 
     seen: list[dict[str, torch.Tensor]] = []
     real = workflows.train_prompt
@@ -205,7 +205,7 @@ def test_zero_shot_swaps_language_segment(
     source = train_run(
         _run_cfg(handle, "sa", "en", en), tmp_path / "sa-en", handle=handle, progress=False
     ).path
-    import promptatlas.transfer.transfer as transfer_mod
+    import promptatlas.runs.transfer as transfer_mod
 
     seen: list[tuple[torch.Tensor, dict[str, str]]] = []
     real = transfer_mod.evaluate
@@ -306,7 +306,7 @@ def test_grid_runs_resumes_and_reports(tiny_handles: dict[str, Any], tmp_path: P
 def test_killed_grid_continues(
     tiny_handles: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import promptatlas.transfer.grid as grid_mod
+    import promptatlas.studies.grid as grid_mod
 
     handle = tiny_handles["tiny-gpt2"]
     grid = load_grid(_grid_file(tmp_path, handle.name))
@@ -342,7 +342,7 @@ def test_shards_merge_into_one_report(tiny_handles: dict[str, Any], tmp_path: Pa
         assert added > 0
         assert db.merge(tmp_path / "shard1.sqlite") == 0  # idempotent
         assert run_grid(grid, db=db, progress=False, log=lambda _: None) == 0
-        from promptatlas.report.transfer import grid_cells
+        from promptatlas.studies.grid import grid_cells
 
         assert len(grid_cells(grid, db)) == n_cells
 
@@ -367,7 +367,7 @@ def test_task_prompts_of_one_study_start_apart(
     tiny_handles: dict[str, Any], tmp_path: Path
 ) -> None:
     from promptatlas.formatting import TaskFormatter
-    from promptatlas.workflows import build_prompt, init_seed
+    from promptatlas.runs.train import build_prompt, init_seed
 
     handle = tiny_handles["tiny-gpt2"]
     lang = _lang_prompt(handle, tmp_path, "en", steps=1)

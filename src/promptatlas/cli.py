@@ -566,7 +566,7 @@ def _train_config(args: argparse.Namespace, method: str, *, default_steps: int =
 def _run_config(args: argparse.Namespace, task: str, lang: str, model: str, prompt: Any) -> Any:
     from promptatlas.evaluation.evaluate import EvalConfig
     from promptatlas.formatting import FormatConfig
-    from promptatlas.workflows import RunConfig
+    from promptatlas.runs.train import RunConfig
 
     return RunConfig(
         task=task,
@@ -587,7 +587,7 @@ def _run_config(args: argparse.Namespace, task: str, lang: str, model: str, prom
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from promptatlas.bank import ResultsDB
-    from promptatlas.workflows import train_run
+    from promptatlas.runs.train import train_run
 
     args.method = _method_of(args)
     cfg = _run_config(args, args.task, args.lang, args.model, _prompt_config(args))
@@ -644,7 +644,7 @@ def _cmd_lang_prompt(args: argparse.Namespace) -> int:
 def _cmd_transfer(args: argparse.Namespace) -> int:
     from promptatlas.bank import ResultsDB, read_metadata
     from promptatlas.prompts import PromptConfig
-    from promptatlas.transfer import transfer_run
+    from promptatlas.runs.transfer import transfer_run
 
     meta = read_metadata(args.source)
     if meta.task is None:
@@ -684,7 +684,7 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
 def _cmd_zero_shot(args: argparse.Namespace) -> int:
     from promptatlas.bank import ResultsDB, read_metadata
     from promptatlas.evaluation.evaluate import EvalConfig
-    from promptatlas.transfer import zero_shot
+    from promptatlas.runs.transfer import zero_shot
 
     meta = read_metadata(args.prompt)
     task, lang = args.task or meta.task, args.lang or meta.lang
@@ -727,7 +727,7 @@ def _cmd_grid(args: argparse.Namespace) -> int:
     import dataclasses
 
     from promptatlas.bank import ResultsDB
-    from promptatlas.transfer import load_grid, parse_shard, run_grid
+    from promptatlas.studies.grid import load_grid, parse_shard, run_grid
 
     grid = load_grid(args.grid)
     if args.out:
@@ -747,14 +747,14 @@ def _cmd_project(args: argparse.Namespace) -> int:
     from promptatlas.bank import ResultsDB
     from promptatlas.models import load_model
     from promptatlas.prompts import PromptConfig
-    from promptatlas.training import TrainConfig
-    from promptatlas.transfer import (
+    from promptatlas.runs.crossmodel import (
         ProjectConfig,
-        ProjectorConfig,
         check_project_target,
         project_across_models,
     )
-    from promptatlas.workflows import train_run
+    from promptatlas.runs.train import train_run
+    from promptatlas.training import TrainConfig
+    from promptatlas.transfer import ProjectorConfig
 
     out = Path(args.out)
     source_prompt = args.source_prompt
@@ -763,7 +763,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
         if not (args.train_task and args.lang):
             raise ValueError("give --source-prompt, or --train-task and --lang to train one")
         from promptatlas.formatting import FormatConfig
-        from promptatlas.workflows import RunConfig
+        from promptatlas.runs.train import RunConfig
 
         method = args.method or "v1"
         source_prompt = str(out / f"source-{args.train_task}-{args.lang}-{method}")
@@ -833,7 +833,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from promptatlas.bank import ResultsDB, read_metadata
     from promptatlas.evaluation.evaluate import EvalConfig
     from promptatlas.models import load_model
-    from promptatlas.workflows import eval_target, evaluate_stored
+    from promptatlas.runs.train import eval_target, evaluate_stored
 
     meta = read_metadata(args.prompt_dir)
     target = eval_target(args.prompt_dir, meta, args.task, args.lang)  # before the model loads
@@ -981,8 +981,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from promptatlas.bank import ResultsDB
-    from promptatlas.experiments import load_experiment, read_yaml, run_experiment
-    from promptatlas.transfer import load_grid, run_grid
+    from promptatlas.studies.experiment import load_experiment, read_yaml, run_experiment
+    from promptatlas.studies.grid import load_grid, run_grid
 
     overrides = {
         k: v
@@ -1007,8 +1007,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from promptatlas.analysis import suite
     from promptatlas.outputs import check_output_path
+    from promptatlas.studies import atlas as suite
 
     if args.analysis == "layers":
         check_output_path(args.out, kind="file", what="experiment file")
@@ -1065,8 +1065,8 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
     from promptatlas.tasks import list_tasks
 
     if args.check:
+        from promptatlas.evaluation.taskcheck import check_task
         from promptatlas.models import load_tokenizer
-        from promptatlas.tasks.check import check_task
 
         tokenizer = load_tokenizer(args.model)
         print(check_task(args.check, tokenizer=tokenizer, data_dir=args.data_dir))
@@ -1100,9 +1100,9 @@ _COMMANDS = {
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from promptatlas.bank import ExportError, PromptLoadError
-    from promptatlas.experiments import ExperimentError
     from promptatlas.models import ModelNotAvailableError, UnsupportedArchitectureError
     from promptatlas.prompts import PromptConfigError
+    from promptatlas.studies.experiment import ExperimentError
     from promptatlas.tasks import DataError
     from promptatlas.training import TrainConfigError
     from promptatlas.transfer import ProjectorError

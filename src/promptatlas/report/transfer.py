@@ -23,56 +23,32 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from promptatlas.bank import ResultsDB, RunRecord
 from promptatlas.io import write_csv_atomic as _write_csv
 from promptatlas.io import write_text_atomic
 
-if TYPE_CHECKING:
-    from promptatlas.transfer.grid import GridConfig
-
-__all__ = ["grid_cells", "summary_markdown", "write_transfer_report"]
+__all__ = ["TransferLayout", "summary_markdown", "write_transfer_report"]
 
 
-def grid_cells(grid: GridConfig, db: ResultsDB) -> list[dict[str, Any]]:
-    """One row per finished cell of ``grid`` (newest record per cell key)."""
-    rows: list[dict[str, Any]] = []
-    for cell in grid.cells():
-        found = db.find(key=grid.key(cell), status="done", limit=1)
-        if not found:
-            continue
-        rec: RunRecord = found[0]
-        m = rec.metrics
-        rows.append(
-            {
-                "kind": cell.kind,
-                "method": cell.method,
-                "seed": cell.seed,
-                "source_task": cell.source_task,
-                "source_lang": cell.source_lang,
-                "task": cell.task,
-                "lang": cell.lang,
-                "lang_segment": cell.lang_segment,
-                "score": rec.score,
-                "baseline": m.get("baseline"),
-                "delta": m.get("delta"),
-                "relative": m.get("relative"),
-                "zero_shot_init": m.get("zero_shot"),
-                "untrained_score": m.get("untrained"),
-                "steps_to_90": m.get("steps_to_90"),
-                "baseline_steps_to_90": m.get("baseline_steps_to_90"),
-                "prompt_dir": rec.prompt_dir,
-                "n": m.get("n"),
-                "ci": m.get("ci"),
-                "untrained_ci": m.get("untrained_ci"),
-                "gain": m.get("gain"),
-                "delta_ci": m.get("delta_ci"),
-                "vs_untrained": m.get("vs_untrained"),
-            }
-        )
-    return rows
+@dataclass(frozen=True)
+class TransferLayout:
+    """What the tables of a transfer grid show: its name and model, the methods, tasks and
+    languages of its experiment, the source and target tasks of cross-task transfer, and which
+    kinds of transfer it ran. The grid study fills it; the report never sees the grid's config."""
+
+    name: str
+    model: str
+    methods: tuple[str, ...]
+    tasks: tuple[str, ...]
+    langs: tuple[str, ...]
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    cross_task: bool
+    cross_lang: bool
+    zero_shot: bool
 
 
 def _ci(pair: Sequence[float] | None) -> str:
@@ -181,19 +157,21 @@ def _pair(src: str, tgt: str) -> str:
     return f"{src}_to_{tgt}"
 
 
-def write_transfer_report(grid: GridConfig, db: ResultsDB) -> list[Path]:
-    """Write the CSV tables and the heatmap figure; returns the files written."""
-    exp, spec = grid.experiment, grid.transfer
-    out = grid.out / "report"
+def write_transfer_report(
+    rows: Sequence[dict[str, Any]], layout: TransferLayout, out: Path
+) -> list[Path]:
+    """Write the CSV tables and the heatmap figure of the finished cells ``rows`` (one mapping
+    per cell, as the grid study reads them from the results database) into ``out``; returns the
+    files written."""
+    exp = spec = layout
     out.mkdir(parents=True, exist_ok=True)
-    rows = grid_cells(grid, db)
     written: list[Path] = []
     fields = list(rows[0]) if rows else ["kind"]
     written.append(
         _write_csv(out / "cells.csv", fields, [[r.get(f) for f in fields] for r in rows])
     )
     write_text_atomic(
-        out / "summary.md", summary_markdown(rows, f"{grid.name}: results with intervals")
+        out / "summary.md", summary_markdown(rows, f"{layout.name}: results with intervals")
     )
     written.append(out / "summary.md")
     base = _by([r for r in rows if r["kind"] == "base"], "method", "task", "lang")
@@ -259,7 +237,13 @@ def write_transfer_report(grid: GridConfig, db: ResultsDB) -> list[Path]:
     if task_delta or lang_delta:
         written.append(
             _heatmaps(
-                out / "transfer_heatmaps.png", grid, sources, targets, pairs, task_delta, lang_delta
+                out / "transfer_heatmaps.png",
+                layout,
+                sources,
+                targets,
+                pairs,
+                task_delta,
+                lang_delta,
             )
         )
     return written
@@ -267,7 +251,7 @@ def write_transfer_report(grid: GridConfig, db: ResultsDB) -> list[Path]:
 
 def _heatmaps(
     path: Path,
-    grid: GridConfig,
+    layout: TransferLayout,
     sources: Sequence[str],
     targets: Sequence[str],
     pairs: Sequence[tuple[str, str]],
@@ -278,7 +262,7 @@ def _heatmaps(
 
     from promptatlas.report.figures import annotated_heatmap, save_figure, subplots
 
-    exp, spec = grid.experiment, grid.transfer
+    exp = spec = layout
     methods = list(exp.methods)
     panels: list[tuple[str, list[str], list[str], Any]] = []
     for method in methods:
@@ -317,5 +301,5 @@ def _heatmaps(
         ax.set_title(title, fontsize=10)
         ax.set_ylabel("source")
         ax.set_xlabel("target")
-    fig.suptitle(f"{grid.name}: transferred − baseline (score ×100) on {exp.model}", fontsize=11)
+    fig.suptitle(f"{layout.name}: transferred − baseline (score ×100) on {exp.model}", fontsize=11)
     return save_figure(fig, path)

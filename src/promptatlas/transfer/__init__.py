@@ -1,19 +1,14 @@
-"""Transfer: factorised language/task sub-prompts, cross-task and cross-language transfer,
-zero-shot evaluation, transfer grids and cross-model projectors (SPEC §4)."""
+"""Transfer maths: factorised language/task sub-prompts and cross-model projectors (SPEC §4).
 
-from promptatlas.transfer.crossmodel import (
-    ProjectConfig,
-    check_project_target,
-    project_across_models,
-)
-from promptatlas.transfer.grid import (
-    Cell,
-    GridConfig,
-    TransferSpec,
-    load_grid,
-    parse_shard,
-    run_grid,
-)
+The runs that use them (transfer, zero-shot, cross-model) live in :mod:`promptatlas.runs`, the
+transfer grid in :mod:`promptatlas.studies.grid`. Their old names here are kept for one release
+and resolve on first use (module ``__getattr__``), so this package never loads the layers above
+it.
+"""
+
+import importlib
+from typing import Any
+
 from promptatlas.transfer.projector import (
     ProjectedPrompt,
     ProjectorConfig,
@@ -34,47 +29,52 @@ from promptatlas.transfer.subprompts import (
     task_prompt_from_language,
     train_language_prompt,
 )
-from promptatlas.transfer.transfer import (
-    TransferResult,
-    source_label_variant,
-    steps_to_reach,
-    transfer_kind,
-    transfer_prompt,
-    transfer_run,
-    zero_shot,
-)
 
 __all__ = [
     "LANG_SEGMENT",
     "TASK_SEGMENT",
-    "Cell",
-    "GridConfig",
     "LanguagePromptConfig",
     "LanguagePromptResult",
-    "ProjectConfig",
     "ProjectedPrompt",
     "ProjectorConfig",
     "ProjectorError",
     "PromptProjector",
-    "TransferResult",
-    "TransferSpec",
-    "check_project_target",
     "factorised_config",
     "is_factorised",
-    "load_grid",
     "load_projector",
-    "parse_shard",
-    "project_across_models",
     "project_prompt",
-    "run_grid",
     "save_projector",
-    "source_label_variant",
-    "steps_to_reach",
     "task_prompt_from_language",
     "train_language_prompt",
     "train_projector",
-    "transfer_kind",
-    "transfer_prompt",
-    "transfer_run",
-    "zero_shot",
 ]
+
+# Old names of this package -> the module that now holds them (kept for one release).
+_MOVED = {
+    **dict.fromkeys(
+        ("ProjectConfig", "check_project_target", "project_across_models"),
+        "promptatlas.runs.crossmodel",
+    ),
+    **dict.fromkeys(
+        ("Cell", "GridConfig", "TransferSpec", "load_grid", "parse_shard", "run_grid"),
+        "promptatlas.studies.grid",
+    ),
+    **dict.fromkeys(
+        (
+            "TransferResult",
+            "source_label_variant",
+            "steps_to_reach",
+            "transfer_kind",
+            "transfer_prompt",
+            "transfer_run",
+            "zero_shot",
+        ),
+        "promptatlas.runs.transfer",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,774 @@
+"""Transfer grids: every source × target cell of a study, resumable and shardable.
+
+A grid file is an experiment file (see :mod:`promptatlas.studies.experiment`: tasks, langs, methods,
+seeds, train/eval/format settings) with a ``transfer`` block::
+
+    transfer:
+      lang_length: 10          # factorised prompt = language 10 + task 10 positions (thesis)
+      task_length: 10
+      language: {steps: 40, batch_size: 8, lr: 0.03, max_length: 64}   # language prompts
+      language_by_method: {v2: {lr: 0.01}}
+      text: {ko: [../shared/data/ko/rawtext]}  # raw text per language (default: bundled)
+      sources: [sa, nli]       # default: all tasks; targets likewise
+      targets: [sa, nli]
+      cross_task: true         # source task segment → target task (same language)
+      cross_lang: true         # same task, other language (language segment trained)
+      zero_shot: true          # cross-language zero-shot, source vs target language segment
+
+Cells, in the order they run (each depends only on cells before it):
+
+1. ``lang``: a language prompt per language × method × seed;
+2. ``base``: every task/language's own factorised prompt (language frozen) — the baselines;
+3. ``task``: cross-task transfer source → target, per language;
+4. ``language``: cross-language transfer, per task and language pair;
+5. ``zero``: zero-shot cross-language evaluation with the source or the target language segment.
+
+Each finished cell is recorded in the results database under its key and skipped by later runs,
+so an interrupted grid continues where it stopped. ``shard=(i, n)`` runs cells whose position
+in that list is ≡ i (mod n); a missing dependency owned by another shard is built locally (same
+seed ⇒ same prompt bytes, directories are written atomically), so shards can run on several
+processes or machines at once and be merged through the database (``promptatlas runs merge``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from promptatlas.bank import ResultsDB, RunRecord
+from promptatlas.configtools import check_fields, config_hash, from_dict
+from promptatlas.models import ModelHandle, load_model
+from promptatlas.report.transfer import TransferLayout, write_transfer_report
+from promptatlas.runs.train import RunConfig, train_run
+from promptatlas.runs.transfer import transfer_run, zero_shot
+from promptatlas.studies.experiment import (
+    ExperimentConfig,
+    ExperimentError,
+    experiment_from_mapping,
+    read_yaml,
+)
+from promptatlas.tasks import get_task
+from promptatlas.training import TrainConfig
+from promptatlas.transfer.subprompts import LanguagePromptConfig, train_language_prompt
+
+__all__ = [
+    "Cell",
+    "GridConfig",
+    "TransferSpec",
+    "grid_cells",
+    "load_grid",
+    "parse_shard",
+    "run_grid",
+]
+
+
+@dataclass(frozen=True)
+class TransferSpec:
+    """The ``transfer`` block of a grid file (see the module docstring)."""
+
+    lang_length: int = 10
+    task_length: int = 10
+    language: Mapping[str, Any] = field(default_factory=dict)
+    language_by_method: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    text: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    text_limit: int | None = None
+    max_length: int = 64
+    sources: tuple[str, ...] | None = None
+    targets: tuple[str, ...] | None = None
+    cross_task: bool = True
+    cross_lang: bool = True
+    zero_shot: bool = True
+    # Also evaluate each transferred prompt before training (the zero-shot score of the
+    # initialisation, e.g. an NLI prompt read as SA); costs one test evaluation per cell.
+    evaluate_init: bool = True
+    # Tasks of the cross-language and zero-shot cells (default: every task of the grid), and
+    # the language segments zero-shot evaluates with.
+    lang_tasks: tuple[str, ...] | None = None
+    zero_shot_segments: tuple[str, ...] = ("source", "target")
+
+    def __post_init__(self) -> None:
+        if self.lang_length < 1 or self.task_length < 1:
+            raise ExperimentError("transfer: lang_length and task_length must be ≥ 1")
+        object.__setattr__(
+            self,
+            "text",
+            {str(k).strip().lower(): tuple(str(p) for p in v) for k, v in self.text.items()},
+        )
+        bad = set(self.zero_shot_segments) - {"source", "target"}
+        if bad or not self.zero_shot_segments:
+            raise ExperimentError(
+                "transfer.zero_shot_segments takes 'source' and/or 'target', got "
+                f"{list(self.zero_shot_segments)}"
+            )
+        for name in ("sources", "targets", "lang_tasks"):  # task names: "SA" = "sa"
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(str(t).strip().lower() for t in value))
+        from_dict(TrainConfig, self.language, path="transfer.language")  # validate early
+        for method, options in self.language_by_method.items():
+            check_fields(TrainConfig, options, path=f"transfer.language_by_method.{method}")
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """The optional ``analysis`` block of a grid file: after the cells, analyse every prompt
+    of the grid (attention, neurons, geometry, PCA; :mod:`promptatlas.studies.atlas`) into
+    ``<out>/atlas``, choose v2 compression layers and write ``<out>/compression.yaml``.
+
+    compression: when given, also run that compression study (v1, v2, v2 on peak layers, v2 on
+    trough layers; thesis Table 3) with these experiment settings merged in (e.g. tasks,
+    langs, train, test_limit)."""
+
+    n_examples: int = 64
+    batch_size: int = 16
+    n_tokens: int = 10
+    compression: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_examples < 2 or self.batch_size < 1:
+            raise ExperimentError("analysis: n_examples ≥ 2 and batch_size ≥ 1 are required")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of grid work. ``kind``: lang, base, task, language or zero."""
+
+    kind: str
+    method: str
+    seed: int
+    lang: str  # the (target) language
+    task: str | None = None  # the (target) task
+    source_task: str | None = None
+    source_lang: str | None = None
+    lang_segment: str | None = None  # zero: "source" or "target"
+
+    @property
+    def name(self) -> str:
+        s = f"{self.method}/s{self.seed}"
+        if self.kind == "lang":
+            return f"lang-{self.lang}/{s}"
+        if self.kind == "base":
+            return f"base/{self.task}-{self.lang}/{s}"
+        if self.kind == "task":
+            return f"task/{self.source_task}-to-{self.task}-{self.lang}/{s}"
+        if self.kind == "language":
+            return f"language/{self.task}-{self.source_lang}-to-{self.lang}/{s}"
+        return f"zero/{self.task}-{self.source_lang}-to-{self.lang}/{self.lang_segment}/{s}"
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    experiment: ExperimentConfig
+    transfer: TransferSpec
+    analysis: AnalysisSpec | None = None
+    _hashes: dict[Cell, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.experiment.name
+
+    @property
+    def out(self) -> Path:
+        return Path(self.experiment.out)
+
+    def key(self, cell: Cell) -> str:
+        """The results-database key of a cell: its name and :meth:`cell_hash`, so a cell whose
+        settings (or whose inputs' settings) changed is run again, not mistaken for done."""
+        return f"{self.name}/{self.experiment.model}/{cell.name}#{self.cell_hash(cell)}"
+
+    def cell_config(self, cell: Cell) -> dict[str, Any]:
+        """Every setting that determines a cell's result, with the hashes of the cells it
+        depends on (the device, which only decides where it runs, and the paths of its inputs,
+        which follow from the cells, aside)."""
+        exp = self.experiment
+        data: dict[str, Any]
+        if cell.kind == "lang":
+            data = dataclasses.asdict(self.language_config(cell.lang, cell.method, cell.seed))
+        elif cell.kind == "zero":
+            assert cell.task is not None
+            run = exp.run_config(cell.task, cell.lang, cell.method, cell.seed)
+            data = {
+                "eval": dataclasses.asdict(run.eval),
+                "test_limit": exp.test_limit,
+                "data_dir": exp.data_dir,
+            }
+        else:
+            assert cell.task is not None
+            run = self.run_config(cell.task, cell.lang, cell.method, cell.seed)
+            if cell.kind != "base":
+                run = dataclasses.replace(run, baseline=self.transfer.evaluate_init)
+            data = run.to_dict()
+            data.pop("lang_prompt", None)
+        data.pop("device", None)
+        data["cell"] = dataclasses.asdict(cell)
+        data["dependencies"] = [self.cell_hash(dep) for dep in self.dependencies(cell)]
+        return data
+
+    def cell_hash(self, cell: Cell) -> str:
+        """:func:`~promptatlas.configtools.config_hash` of :meth:`cell_config`."""
+        if cell not in self._hashes:
+            self._hashes[cell] = config_hash(self.cell_config(cell))
+        return self._hashes[cell]
+
+    # -- cells -----------------------------------------------------------------------------
+    def cells(self) -> list[Cell]:
+        exp, spec = self.experiment, self.transfer
+        tasks = [t for t in exp.tasks]
+        sources = list(spec.sources or tasks)
+        targets = list(spec.targets or tasks)
+        lang_tasks = list(spec.lang_tasks or tasks)
+        out: list[Cell] = []
+        for seed in exp.seeds:
+            for method in exp.methods:
+                out += [Cell("lang", method, seed, lang) for lang in exp.langs]
+        for seed in exp.seeds:
+            for method in exp.methods:
+                out += [
+                    Cell("base", method, seed, lang, task)
+                    for lang in exp.langs
+                    for task in tasks
+                    if self._present(task, lang)
+                ]
+        for seed in exp.seeds:
+            for method in exp.methods:
+                if spec.cross_task:
+                    out += [
+                        Cell("task", method, seed, lang, tgt, source_task=src, source_lang=lang)
+                        for lang in exp.langs
+                        for src in sources
+                        for tgt in targets
+                        if src != tgt and self._present(src, lang) and self._present(tgt, lang)
+                    ]
+                if spec.cross_lang:
+                    out += [
+                        Cell("language", method, seed, tgt, task, source_task=task, source_lang=src)
+                        for task in lang_tasks
+                        for src in exp.langs
+                        for tgt in exp.langs
+                        if src != tgt and self._present(task, src) and self._present(task, tgt)
+                    ]
+                if spec.zero_shot:
+                    out += [
+                        Cell(
+                            "zero",
+                            method,
+                            seed,
+                            tgt,
+                            task,
+                            source_task=task,
+                            source_lang=src,
+                            lang_segment=segment,
+                        )
+                        for task in lang_tasks
+                        for src in exp.langs
+                        for tgt in exp.langs
+                        if src != tgt
+                        and self._present(task, src)
+                        and self._present(task, tgt)
+                        and _same_labels(task, src, tgt)
+                        for segment in spec.zero_shot_segments
+                    ]
+        return out
+
+    def _present(self, task: str, lang: str) -> bool:
+        return f"{task}-{lang}" not in self.experiment.skip
+
+    def dependencies(self, cell: Cell) -> list[Cell]:
+        m, s = cell.method, cell.seed
+        if cell.kind == "lang":
+            return []
+        if cell.kind == "base":
+            return [Cell("lang", m, s, cell.lang)]
+        assert cell.task is not None and cell.source_lang is not None
+        source = Cell("base", m, s, cell.source_lang, cell.source_task)
+        target = Cell("base", m, s, cell.lang, cell.task)
+        if cell.kind == "task":
+            return [source, target]
+        if cell.kind == "language":
+            return [source, Cell("lang", m, s, cell.lang), target]
+        return [source, Cell("lang", m, s, cell.lang), target]  # zero: Δ vs the target's own
+
+    # -- where things go -------------------------------------------------------------------
+    def path(self, cell: Cell) -> Path:
+        bank = self.out / "bank"
+        suffix = f"{cell.method}-s{cell.seed}"
+        if cell.kind == "lang":
+            return bank / f"lang-{cell.lang}-{suffix}"
+        if cell.kind == "base":
+            return bank / f"{cell.task}-{cell.lang}-{suffix}"
+        if cell.kind == "task":
+            return self.out / "transfer" / f"{cell.source_task}-to-{cell.task}-{cell.lang}-{suffix}"
+        if cell.kind == "language":
+            return self.out / "transfer" / f"{cell.task}-{cell.source_lang}-to-{cell.lang}-{suffix}"
+        return self.out / "zero-shot" / f"{cell.name.replace('/', '_')}.json"
+
+    def run_config(self, task: str, lang: str, method: str, seed: int) -> RunConfig:
+        cfg = self.experiment.run_config(task, lang, method, seed)
+        lang_prompt = self.path(Cell("lang", method, seed, lang))
+        return dataclasses.replace(cfg, lang_prompt=str(lang_prompt))
+
+    def language_config(self, lang: str, method: str, seed: int) -> LanguagePromptConfig:
+        exp, spec = self.experiment, self.transfer
+        train = {
+            "steps": 100,
+            "batch_size": 8,
+            "lr": 0.03,
+            "warmup": 0.1,
+            **spec.language,
+            **spec.language_by_method.get(method, {}),
+            "seed": seed,
+        }
+        return LanguagePromptConfig(
+            lang=lang,
+            model=exp.model,
+            prompt=exp.methods[method],
+            lang_length=spec.lang_length,
+            task_length=spec.task_length,
+            train=from_dict(TrainConfig, train, path="transfer.language"),
+            text=spec.text.get(lang, ()),
+            text_limit=spec.text_limit,
+            max_length=spec.max_length,
+            precision=exp.precision,
+            device=exp.device,
+        )
+
+
+def _same_labels(task: str, a: str, b: str) -> bool:
+    """Zero-shot across languages answers with the source's label words, which needs the same
+    label set (the thesis leaves out TC, whose topics differ, and the generation tasks)."""
+    va, vb = get_task(task, a), get_task(task, b)
+    return va.spec.kind == "classification" and set(va.labels) == set(vb.labels)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` → (i, n) with 0 ≤ i < n."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes i/n (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 ≤ i < n")
+    return i, n
+
+
+def load_grid(path: str | Path) -> GridConfig:
+    """Parse and validate a grid file; errors name the file and the problem."""
+    path = Path(path)
+    data = read_yaml(path)
+    block = data.pop("transfer", None)
+    if not isinstance(block, Mapping):
+        raise ExperimentError(
+            f"{path} has no 'transfer' block; it is a plain experiment file "
+            "(run it with `promptatlas run`)"
+        )
+    analysis_block = data.pop("analysis", None)
+    exp = experiment_from_mapping(data, path)
+    try:
+        spec = from_dict(TransferSpec, block, path="transfer")
+        analysis = (
+            None
+            if analysis_block is None
+            else from_dict(AnalysisSpec, analysis_block, path="analysis")
+        )
+    except ValueError as exc:
+        raise ExperimentError(f"{path}: {exc}") from None
+    grid = GridConfig(exp, spec, analysis)
+    for name in ("sources", "targets"):
+        bad = set(getattr(spec, name) or ()) - set(exp.tasks)
+        if bad:
+            raise ExperimentError(f"{path}: transfer {name} {sorted(bad)} are not in tasks")
+    unknown_methods = set(spec.language_by_method) - set(exp.methods)
+    if unknown_methods:
+        raise ExperimentError(
+            f"{path}: transfer language_by_method names unknown methods {sorted(unknown_methods)}"
+        )
+    return grid
+
+
+class _Runner:
+    def __init__(
+        self,
+        grid: GridConfig,
+        db: ResultsDB,
+        progress: bool,
+        log: Callable[[str], Any],
+    ) -> None:
+        self.grid, self.db, self.progress, self.log = grid, db, progress, log
+        self._handle: ModelHandle | None = None
+        self.trained = 0
+
+    @property
+    def handle(self) -> ModelHandle:
+        if self._handle is None:
+            exp = self.grid.experiment
+            self._handle = load_model(exp.model, device=exp.device)
+        return self._handle
+
+    def exists(self, cell: Cell) -> bool:
+        """Whether the cell's output is on disk (from this or an earlier configuration)."""
+        path = self.grid.path(cell)
+        return (path / "prompt.json").exists() if cell.kind != "zero" else path.exists()
+
+    def done(self, cell: Cell) -> bool:
+        return self.exists(cell) and self.db.has(self.grid.key(cell))
+
+    def ensure(self, cell: Cell) -> None:
+        if self.done(cell):
+            return
+        for dep in self.grid.dependencies(cell):
+            self.ensure(dep)
+        self.run(cell)
+
+    def run(self, cell: Cell) -> None:
+        grid, exp = self.grid, self.grid.experiment
+        path = grid.path(cell)
+        started = time.perf_counter()
+        self.log(f"[{grid.name}] {cell.name}")
+        metrics: dict[str, Any]
+        if cell.kind == "lang":
+            res = train_language_prompt(
+                grid.language_config(cell.lang, cell.method, cell.seed),
+                path,
+                handle=self.handle,
+                db=self.db,
+                progress=self.progress,
+                overwrite=True,  # the grid owns its folder; a cell not done is (re)built
+            )
+            metrics = {
+                "heldout_loss_untrained": res.heldout_loss_before,
+                "heldout_loss": res.heldout_loss_after,
+            }
+            score = -res.heldout_loss_after if res.heldout_loss_after is not None else None
+            self.log(f"    {res.describe()} ({res.steps} steps)")
+        elif cell.kind == "base":
+            assert cell.task is not None
+            cfg = grid.run_config(cell.task, cell.lang, cell.method, cell.seed)
+            run = train_run(
+                cfg, path, handle=self.handle, db=self.db, progress=self.progress, overwrite=True
+            )
+            untrained = run.metrics.get("untrained_test", {})
+            metrics = {
+                **run.metrics["test"],
+                "untrained": run.untrained.score if run.untrained else None,
+                "untrained_ci": untrained.get("ci"),
+                "untrained_examples": untrained.get("examples"),
+                "gain": run.metrics.get("gain"),
+                "dev_best": run.metrics.get("dev_best"),
+            }
+            score = run.trained.score
+            self.log(f"    test {100 * score:.1f} ({run.steps} steps, {run.seconds:.0f}s)")
+        elif cell.kind in ("task", "language"):
+            assert cell.task is not None and cell.source_task is not None
+            assert cell.source_lang is not None
+            source = grid.path(
+                Cell("base", cell.method, cell.seed, cell.source_lang, cell.source_task)
+            )
+            baseline = grid.path(Cell("base", cell.method, cell.seed, cell.lang, cell.task))
+            lang_prompt = (
+                grid.path(Cell("lang", cell.method, cell.seed, cell.lang))
+                if cell.kind == "language"
+                else None
+            )
+            cfg = grid.run_config(cell.task, cell.lang, cell.method, cell.seed)
+            cfg = dataclasses.replace(cfg, baseline=grid.transfer.evaluate_init)
+            moved = transfer_run(
+                source,
+                cfg,
+                path,
+                lang_prompt=lang_prompt,
+                baseline_dir=baseline,
+                handle=self.handle,
+                db=None,
+                progress=self.progress,
+                overwrite=True,
+            )
+            test = moved.run.metrics["test"]
+            metrics = {
+                **moved.to_dict(),
+                "n": test.get("n"),
+                "ci": test.get("ci"),
+                "examples": test.get("examples"),
+            }
+            score = moved.score
+            delta = "" if moved.delta is None else f" ({100 * moved.delta:+.1f} vs baseline)"
+            self.log(f"    test {100 * moved.score:.1f}{delta}")
+        else:
+            assert cell.task is not None and cell.source_lang is not None
+            source = grid.path(Cell("base", cell.method, cell.seed, cell.source_lang, cell.task))
+            target_lang = grid.path(Cell("lang", cell.method, cell.seed, cell.lang))
+            result = zero_shot(
+                source,
+                cell.task,
+                cell.lang,
+                lang_segment="target" if cell.lang_segment == "target" else "source",
+                lang_prompt=target_lang,
+                limit=exp.test_limit,
+                data_dir=exp.data_dir,
+                eval_config=exp.run_config(cell.task, cell.lang, cell.method, cell.seed).eval,
+                handle=self.handle,
+            )
+            metrics = {**result.summary(), **result.extra}
+            # zero-shot − the target's own trained prompt, paired over the same test examples
+            baseline = grid.path(Cell("base", cell.method, cell.seed, cell.lang, cell.task))
+            if (baseline / "prompt.json").exists():
+                from promptatlas.bank import read_metadata
+                from promptatlas.evaluation.evaluate import paired_gain, stored_examples
+
+                base_meta = read_metadata(baseline).metrics
+                metrics["baseline"] = base_meta.get("test", {}).get("score")
+                metrics["delta_ci"] = paired_gain(
+                    result.examples, stored_examples(base_meta.get("test"))
+                )
+            score = result.score
+            from promptatlas.runs.train import dump_json
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            dump_json(path, {"cell": cell.name, "metrics": metrics})
+            self.log(f"    zero-shot {100 * score:.1f}")
+        self.db.record(
+            kind=f"grid-{cell.kind}",
+            model=exp.model,
+            task=cell.task,
+            lang=cell.lang,
+            method=cell.method,
+            split="heldout" if cell.kind == "lang" else "test",
+            metrics={**metrics, "cell": dataclasses.asdict(cell)},
+            score=score,
+            config={"grid": grid.name, "cell": dataclasses.asdict(cell)},
+            prompt_dir=str(path),
+            seed=cell.seed,
+            key=grid.key(cell),
+        )
+        self.trained += 1
+        self.log(f"    {time.perf_counter() - started:.0f}s")
+
+
+def _analyse(
+    grid: GridConfig,
+    spec: AnalysisSpec,
+    db: ResultsDB,
+    runner: _Runner,
+    progress: bool,
+    log: Callable[[str], Any],
+) -> None:
+    """Analyse the grid's prompts (once: recorded under the grid's analysis key)."""
+    from promptatlas.studies import atlas as suite
+    from promptatlas.studies.experiment import load_experiment, run_experiment
+
+    exp = grid.experiment
+    settings = {
+        "analysis": dataclasses.asdict(spec),
+        "cells": [grid.cell_hash(c) for c in grid.cells()],
+        "data_dir": exp.data_dir,
+        "precision": exp.precision,
+    }
+    key = f"{grid.name}/{exp.model}/analysis#{config_hash(settings)}"
+    atlas = grid.out / "atlas"
+    compression = grid.out / "compression.yaml"
+    if not db.has(key):
+        started = time.perf_counter()
+        log(f"[{grid.name}] analysing the prompts into {atlas}")
+        _, entries = suite.load_bank(
+            [p for p in (grid.out / "bank", grid.out / "transfer") if p.exists()], runner.handle
+        )
+        cfg = suite.AnalysisConfig(
+            n_examples=spec.n_examples,
+            batch_size=spec.batch_size,
+            n_tokens=spec.n_tokens,
+            data_dir=grid.experiment.data_dir,
+            precision=grid.experiment.precision,
+        )
+        handle = runner.handle
+        suite.analyze_attention(entries, handle, atlas / "attention", cfg, log=log)
+        suite.analyze_neurons(entries, handle, atlas / "neurons", log=log)
+        suite.analyze_geometry(entries, handle, atlas / "geometry", cfg, log=log)
+        suite.analyze_pca(entries, atlas / "pca", log=log)
+        overrides = {
+            "name": f"{grid.name}-compression",
+            "out": str(grid.out / "compression"),
+            "precision": grid.experiment.precision,
+            "format": dict(grid.experiment.format),
+            "eval": dict(grid.experiment.eval),
+            "test_limit": grid.experiment.test_limit,
+            # The grid's learning rates: v2 on a layer subset is trained like full v2.
+            "train_by_method": {
+                name: dict(grid.experiment.train_by_method.get(base, {}))
+                for name, base in (
+                    ("v1", "v1"),
+                    ("v2", "v2"),
+                    ("v2-peak", "v2"),
+                    ("v2-trough", "v2"),
+                )
+            },
+            **dict(spec.compression or {}),
+        }
+        attention = atlas / "attention"
+        has_v2 = any(e.prompt.method == "v2" for e in entries)
+        if spec.compression is not None and not has_v2:
+            # The layers come from a v2 KL curve: train the study's own full v1 and v2 cells
+            # first, analyse the v2 prompts' attention, then select (those cells are reused).
+            attention = _v2_attention_for_compression(
+                grid, overrides, atlas, runner, cfg, db, progress, log
+            )
+        suite.select_compression_layers(attention, compression, experiment=overrides, log=log)
+        db.record(
+            kind="grid-analysis",
+            model=grid.experiment.model,
+            task=None,
+            lang=None,
+            method=None,
+            split=None,
+            metrics={"seconds": time.perf_counter() - started, "prompts": len(entries)},
+            config={"grid": grid.name, "analysis": dataclasses.asdict(spec)},
+            prompt_dir=str(atlas),
+            key=key,
+        )
+    if spec.compression is not None:
+        log(f"[{grid.name}] compression study (thesis Table 3): {compression}")
+        run_experiment(
+            load_experiment(compression), db=db, handle=runner.handle, progress=progress, log=log
+        )
+
+
+def _v2_attention_for_compression(
+    grid: GridConfig,
+    overrides: Mapping[str, Any],
+    atlas: Path,
+    runner: _Runner,
+    cfg: Any,
+    db: ResultsDB,
+    progress: bool,
+    log: Callable[[str], Any],
+) -> Path:
+    """Run the v1 and full-v2 cells of the compression study and analyse the attention of its
+    v2 prompts into ``atlas/attention-v2`` (for a grid that trained no v2 prompt)."""
+    from promptatlas.studies import atlas as suite
+    from promptatlas.studies.experiment import experiment_from_mapping, run_experiment
+
+    first = {
+        **dict(overrides),
+        "methods": {
+            "v1": {"method": "v1", "length": 20},
+            "v2": {"method": "v2", "length": 20, "kv": "shared"},
+        },
+        "train_by_method": {
+            k: v for k, v in dict(overrides.get("train_by_method", {})).items() if k in ("v1", "v2")
+        },
+    }
+    first.setdefault("model", grid.experiment.model)
+    log(f"[{grid.name}] compression study, full v1 and v2 first (their v2 KL curve picks layers)")
+    exp = experiment_from_mapping(first, grid.out / "compression.yaml")
+    run_experiment(exp, db=db, handle=runner.handle, progress=progress, log=log)
+    _, entries = suite.load_bank([Path(exp.out) / "bank"], runner.handle)
+    v2 = [e for e in entries if e.prompt.method == "v2"]
+    out = atlas / "attention-v2"
+    suite.analyze_attention(v2, runner.handle, out, cfg, log=log)
+    return out
+
+
+def run_grid(
+    grid: GridConfig,
+    *,
+    db: ResultsDB | None = None,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool = True,
+    log: Callable[[str], Any] = print,
+    report: bool = True,
+) -> int:
+    """Run every cell of this shard that is not done yet; returns the number of cells run.
+    With ``report`` the tables and heatmaps are (re)written from the database at the end."""
+    owns_db = db is None
+    db = ResultsDB() if db is None else db
+    i, n = shard
+    try:
+        runner = _Runner(grid, db, progress, log)
+        cells = grid.cells()
+        mine = [c for k, c in enumerate(cells) if k % n == i]
+        todo = [c for c in mine if not runner.done(c)]
+        reused = len(mine) - len(todo)
+        changed = sum(runner.exists(c) for c in todo)
+        where = f" (shard {i}/{n})" if n > 1 else ""
+        log(
+            f"[{grid.name}] {len(cells)} cells on {grid.experiment.model}{where}: "
+            f"{reused} of {len(mine)} reused, {len(todo)} to run"
+            + (f" ({changed} with changed settings)" if changed else "")
+        )
+        started = time.perf_counter()
+        for cell in todo:
+            runner.ensure(cell)
+        if report:
+            rows = grid_cells(grid, db)
+            written = write_transfer_report(rows, _layout(grid), grid.out / "report")
+            log(f"[{grid.name}] report: {', '.join(str(p) for p in written)}")
+        if grid.analysis is not None:
+            if all(runner.done(c) for c in cells):
+                _analyse(grid, grid.analysis, db, runner, progress, log)
+            else:
+                log(f"[{grid.name}] analysis waits until every shard's cells are done")
+        log(
+            f"[{grid.name}] {runner.trained} cells run, {reused} reused, in "
+            f"{time.perf_counter() - started:.0f}s"
+        )
+        return runner.trained
+    finally:
+        if owns_db:
+            db.close()
+
+
+def _layout(grid: GridConfig) -> TransferLayout:
+    exp, spec = grid.experiment, grid.transfer
+    return TransferLayout(
+        name=grid.name,
+        model=exp.model,
+        methods=tuple(exp.methods),
+        tasks=tuple(exp.tasks),
+        langs=tuple(exp.langs),
+        sources=tuple(spec.sources or exp.tasks),
+        targets=tuple(spec.targets or exp.tasks),
+        cross_task=spec.cross_task,
+        cross_lang=spec.cross_lang,
+        zero_shot=spec.zero_shot,
+    )
+
+
+def grid_cells(grid: GridConfig, db: ResultsDB) -> list[dict[str, Any]]:
+    """One row per finished cell of ``grid`` (newest record per cell key)."""
+    rows: list[dict[str, Any]] = []
+    for cell in grid.cells():
+        found = db.find(key=grid.key(cell), status="done", limit=1)
+        if not found:
+            continue
+        rec: RunRecord = found[0]
+        m = rec.metrics
+        rows.append(
+            {
+                "kind": cell.kind,
+                "method": cell.method,
+                "seed": cell.seed,
+                "source_task": cell.source_task,
+                "source_lang": cell.source_lang,
+                "task": cell.task,
+                "lang": cell.lang,
+                "lang_segment": cell.lang_segment,
+                "score": rec.score,
+                "baseline": m.get("baseline"),
+                "delta": m.get("delta"),
+                "relative": m.get("relative"),
+                "zero_shot_init": m.get("zero_shot"),
+                "untrained_score": m.get("untrained"),
+                "steps_to_90": m.get("steps_to_90"),
+                "baseline_steps_to_90": m.get("baseline_steps_to_90"),
+                "prompt_dir": rec.prompt_dir,
+                "n": m.get("n"),
+                "ci": m.get("ci"),
+                "untrained_ci": m.get("untrained_ci"),
+                "gain": m.get("gain"),
+                "delta_ci": m.get("delta_ci"),
+                "vs_untrained": m.get("vs_untrained"),
+            }
+        )
+    return rows
