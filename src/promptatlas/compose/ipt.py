@@ -242,6 +242,7 @@ def fit_ipt(
         schedule="constant",
         max_grad_norm=cfg.max_grad_norm,
     )
+    ae.zero_grad(set_to_none=True)
     with torch.no_grad():
         for h in history:
             h["prompt"] = float(h["step"] - 1) % n
@@ -347,6 +348,8 @@ def tune_intrinsic(
     decoder = subspace.autoencoder.decoder
     was = [p.requires_grad for p in decoder.parameters()]
     decoder.requires_grad_(False)
+    for p in decoder.parameters():
+        p.grad = None  # left over from fitting; IST must add none
     try:
         base = template or subspace.template
         name = composed_segment(base, subspace.segment)
