@@ -37,11 +37,13 @@ __all__ = [
     "composed_segment",
     "freeze_copy",
     "group_view",
+    "load_task_data",
     "mixing_rates",
     "optimise",
     "prompt_like",
     "score_prompt",
     "snapshot",
+    "sources_from_bank",
     "stack_segments",
     "to_tokens",
     "ungroup",
@@ -491,3 +493,76 @@ def check_frozen(module: nn.Module, what: str) -> None:
 def ensure_frozen_prompt(prompt: SoftPrompt) -> None:
     if any(p.requires_grad for p in prompt.segments.values()):
         raise PromptConfigError("source prompts must be frozen")
+
+
+# -- inputs from the bank and the task suite ------------------------------------------------------
+
+
+def sources_from_bank(
+    root: Any,
+    handle: Any,
+    *,
+    tasks: Sequence[str] | None = None,
+    langs: Sequence[str] | None = None,
+    method: str | None = None,
+    check_model: bool = True,
+) -> list[Source]:
+    """Every task prompt below ``root`` (a bank folder) that fits ``handle``, optionally only
+    ``tasks`` / ``langs`` / ``method``, as frozen sources sorted by (task, lang, seed, path).
+    Language prompts (no task) are skipped. Several seeds of one task-lang give several
+    sources (IPT wants them; AMP wants one per task-lang: filter or pick before)."""
+    from promptatlas.bank import list_prompts, load_prompt
+
+    wanted_tasks = {t.lower() for t in tasks} if tasks else None
+    wanted_langs = {lang.lower() for lang in langs} if langs else None
+    found: list[tuple[tuple[str, str, int, str], Source]] = []
+    for path, meta in list_prompts(root):
+        if meta.task is None or meta.lang is None:
+            continue
+        if wanted_tasks is not None and meta.task.lower() not in wanted_tasks:
+            continue
+        if wanted_langs is not None and meta.lang.lower() not in wanted_langs:
+            continue
+        if method is not None and meta.prompt.get("method") != method:
+            continue
+        if meta.model_geometry != handle.geometry:
+            continue
+        stored = load_prompt(path, handle, check_model=check_model)
+        prompt = stored.prompt
+        prompt.requires_grad_(False)
+        seed = meta.seed if meta.seed is not None else -1
+        found.append(
+            (
+                (meta.task, meta.lang, seed, str(path)),
+                Source(prompt, meta.task, meta.lang, meta.seed),
+            )
+        )
+    return [s for _, s in sorted(found, key=lambda x: x[0])]
+
+
+def load_task_data(
+    handle: Any,
+    task: str,
+    lang: str,
+    *,
+    data_dir: Any = None,
+    train_limit: int | None = None,
+    dev_limit: int | None = None,
+    test_limit: int | None = None,
+    fmt: Any = None,
+) -> TaskData:
+    """A task's train/dev/test splits (bundled sample, or ``data_dir``) with its formatter."""
+    from promptatlas.tasks import get_task, load_split
+
+    variant = get_task(task, lang)
+    formatter = TaskFormatter(handle.tokenizer, variant, fmt)
+
+    def split(name: str, limit: int | None) -> list[Example]:
+        return load_split(task, lang, name, data_dir=data_dir, limit=limit)  # type: ignore[arg-type]
+
+    return TaskData(
+        formatter,
+        split("train", train_limit),
+        dev=split("dev", dev_limit),
+        test=split("test", test_limit),
+    )

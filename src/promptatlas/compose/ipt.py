@@ -52,8 +52,11 @@ __all__ = [
     "ISTResult",
     "IntrinsicSubspace",
     "PromptAutoencoder",
+    "RecoveryResult",
+    "RecoveryRow",
     "decoded_init",
     "fit_ipt",
+    "ipt_recovery",
     "random_decoder",
     "recovery",
     "tune_intrinsic",
@@ -424,3 +427,118 @@ def recovery(ist: Sequence[float], full: Sequence[float]) -> dict[str, float]:
         "ratio_of_means": (sum(ist) / len(ist)) / (sum(full) / len(full)),
         "n": float(len(ratios)),
     }
+
+
+@dataclass(frozen=True)
+class RecoveryRow:
+    """One target task of a recovery study: IST score, full-PT score, and the controls."""
+
+    key: str
+    task: str
+    lang: str
+    seen: bool  # the task (in this language) was among the prompts the subspace was fitted on
+    ist: float
+    full: float
+    random_decoder: float | None = None
+    decoded_init_pt: float | None = None
+
+    @property
+    def recovery(self) -> float:
+        return self.ist / self.full if self.full > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "recovery": self.recovery}
+
+
+@dataclass
+class RecoveryResult:
+    """Per-task rows and the recovery of seen and unseen tasks, separately (None when a group
+    is empty), at the subspace's d_I; ``ist``: the IST runs by key."""
+
+    intrinsic_dim: int
+    rows: list[RecoveryRow]
+    seen: dict[str, float] | None
+    unseen: dict[str, float] | None
+    ist: dict[str, ISTResult] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "intrinsic_dim": self.intrinsic_dim,
+            "rows": [r.to_dict() for r in self.rows],
+            "seen": self.seen,
+            "unseen": self.unseen,
+        }
+
+
+def ipt_recovery(
+    handle: Any,
+    subspace: IntrinsicSubspace,
+    targets: Mapping[str, TaskData],
+    full_scores: Mapping[str, float],
+    config: ISTConfig | None = None,
+    *,
+    templates: Mapping[str, SoftPrompt] | None = None,
+    controls: bool = True,
+    pt_train: Any = None,
+    eval_config: EvalConfig | None = None,
+    autocast: torch.dtype | None = None,
+) -> RecoveryResult:
+    """IST on every target task (``targets`` by "task-lang"), recovery against ``full_scores``
+    (full prompt tuning's test score per key), seen vs unseen tasks apart. With ``controls``:
+    IST through a random decoder, and full prompt tuning (``pt_train``, a TrainConfig) started
+    from the tuned dec(z). ``templates`` give per-key frozen segments (e.g. the language
+    segment of the target language; default the subspace's)."""
+    from promptatlas.compose.spot import run_prompt_tuning
+    from promptatlas.training import TrainConfig
+
+    cfg = config or ISTConfig()
+    missing = sorted(set(targets) - set(full_scores))
+    if missing:
+        raise ComposeError(f"no full prompt-tuning score for {missing}")
+    rows: list[RecoveryRow] = []
+    runs: dict[str, ISTResult] = {}
+    rand = random_decoder(subspace, seed=cfg.seed + 1) if controls else None
+    for key, data in targets.items():
+        template = (templates or {}).get(key)
+        run = tune_intrinsic(
+            handle, subspace, data, cfg, template=template, eval_config=eval_config,
+            autocast=autocast,
+        )  # fmt: skip
+        runs[key] = run
+        assert run.score is not None
+        random_score = init_score = None
+        if rand is not None:
+            control = tune_intrinsic(
+                handle, rand, data, cfg, template=template, eval_config=eval_config,
+                autocast=autocast, method="ipt-random",
+            )  # fmt: skip
+            random_score = control.score.score if control.score else None
+            train = pt_train or TrainConfig(seed=cfg.seed)
+            init = run_prompt_tuning(
+                handle, template or subspace.template, data, train,
+                init=decoded_init(subspace, run.z).to(torch.float32),
+                method="ipt-init", segment=subspace.segment, eval_config=eval_config,
+                autocast=autocast,
+            )  # fmt: skip
+            init_score = init.score.score
+        task = data.formatter.task
+        rows.append(
+            RecoveryRow(
+                key=key,
+                task=task.spec.name,
+                lang=task.lang,
+                seen=key in subspace.keys,
+                ist=run.score.score,
+                full=float(full_scores[key]),
+                random_decoder=random_score,
+                decoded_init_pt=init_score,
+            )
+        )
+
+    def group(seen: bool) -> dict[str, float] | None:
+        chosen = [r for r in rows if r.seen == seen]
+        if not chosen:
+            return None
+        return recovery([r.ist for r in chosen], [r.full for r in chosen])
+
+    return RecoveryResult(subspace.intrinsic_dim, rows, group(True), group(False), runs)

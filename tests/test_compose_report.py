@@ -1,0 +1,110 @@
+"""Composition report: the Table 1 layout, CSV/markdown, the attention heatmap, recovery and
+PCA figures, from hand-made results."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from promptatlas.compose import MethodScore, RecoveryResult, RecoveryRow
+from promptatlas.report.compose import (
+    AMP_TABLE1,
+    comparison_markdown,
+    comparison_table,
+    plot_attention_heatmap,
+    plot_intrinsic_pca,
+    plot_recovery_vs_dim,
+    write_attention_csv,
+    write_comparison_csv,
+    write_comparison_markdown,
+    write_recovery_csv,
+)
+
+
+def _score(method: str, task: str, seed: int, value: float, lang: str = "en") -> MethodScore:
+    return MethodScore(method, task, lang, seed, value, None, None, 10)
+
+
+def _scores() -> list[MethodScore]:
+    out = []
+    for seed, bump in ((1, 0.0), (2, 0.1)):
+        out += [
+            _score("pt", "sa", seed, 0.6 + bump),
+            _score("pt", "nli", seed, 0.4 + bump),
+            _score("amp", "sa", seed, 0.7 + bump),
+            _score("amp", "nli", seed, 0.5),
+            _score("amp", "sa", seed, 0.1, lang="ko"),  # another language: left out
+        ]
+    out.append(_score("spot-m", "sa", 1, 0.9))  # no NLI score: no mean
+    return out
+
+
+def test_comparison_table_means_and_stds() -> None:
+    table = comparison_table(_scores(), lang="en")
+    assert table.tasks == ["nli", "sa"]
+    pt_sa = table.cells[("sa", "pt")]
+    assert pt_sa.mean == pytest.approx(0.65) and pt_sa.std == pytest.approx(0.0707107, abs=1e-6)
+    # mean row: per seed the mean over tasks (pt: .5, .6), then mean ± std over seeds
+    assert table.mean_row["pt"] is not None
+    assert table.mean_row["pt"].mean == pytest.approx(0.55)
+    assert table.mean_row["pt"].values == pytest.approx((0.5, 0.6))
+    assert table.mean_row["spot-m"] is None and table.mean_row["attempt"] is None
+    both = comparison_table(_scores())
+    assert "sa-ko" in both.tasks
+
+
+def test_comparison_markdown_and_csv(tmp_path: Path) -> None:
+    table = comparison_table(_scores(), lang="en")
+    text = comparison_markdown(table, paper=True)
+    lines = text.splitlines()
+    assert lines[0] == "| task | PT | SPoT-s | SPoT-m | ATTEMPT | AMP |"
+    assert "| sa | 65.0 ± 7.1 | – | 90.0 | – | 75.0 ± 7.1 |" in lines
+    assert lines[-2].startswith("| **mean** | 55.0 ± 7.1 |")
+    assert lines[-1].endswith(f"{AMP_TABLE1['mean']['amp']:.1f} |")
+    md = write_comparison_markdown(table, tmp_path / "t" / "table.md")
+    assert md.read_text() == comparison_markdown(table)
+    path = write_comparison_csv(table, tmp_path / "table.csv")
+    rows = list(csv.DictReader(path.open()))
+    assert [r["task"] for r in rows] == ["nli", "sa", "mean"]
+    assert float(rows[1]["pt_mean"]) == pytest.approx(0.65) and rows[1]["pt_seeds"] == "2"
+    assert rows[2]["spot-m_mean"] == ""
+    assert not list(tmp_path.glob(".*"))  # no temporary files left
+
+
+def test_attention_figure_and_csv(tmp_path: Path) -> None:
+    a = np.array([[0.7, 0.2, 0.1], [0.3, 0.4, 0.3], [0.1, 0.1, 0.8]])
+    keys = ["sa-en", "nli-en", "sts-en"]
+    png = plot_attention_heatmap(a, keys, tmp_path / "attention.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    rows = list(csv.reader(write_attention_csv(a, keys, tmp_path / "attention.csv").open()))
+    assert rows[0] == ["target", *keys] and float(rows[3][3]) == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="keys"):
+        plot_attention_heatmap(a, keys[:2], tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
+def _recovery(dim: int, ist: float) -> RecoveryResult:
+    rows = [
+        RecoveryRow("sa-en", "sa", "en", True, ist, 1.0, 0.3, 0.9),
+        RecoveryRow("tc-ko", "tc", "ko", False, ist / 2, 0.5, None, None),
+    ]
+    return RecoveryResult(dim, rows, {"mean_ratio": ist}, {"mean_ratio": ist})
+
+
+def test_recovery_csv_and_figures(tmp_path: Path) -> None:
+    results = [_recovery(1, 0.5), _recovery(5, 0.8)]
+    rows = list(csv.DictReader(write_recovery_csv(results, tmp_path / "rec.csv").open()))
+    assert len(rows) == 4 and float(rows[1]["recovery"]) == pytest.approx(0.5)
+    assert rows[0]["seen"] == "True" and rows[1]["random_decoder"] == ""
+    assert plot_recovery_vs_dim(results, tmp_path / "rec.png").stat().st_size > 0
+    vectors = np.random.default_rng(0).normal(size=(6, 3))
+    tasks = ["sa", "sa", "nli", "nli", "sts", "sts"]
+    langs = ["en", "ko"] * 3
+    assert plot_intrinsic_pca(vectors, tasks, langs, tmp_path / "pca.png").stat().st_size > 0
+    one = plot_intrinsic_pca(vectors[:, :1], tasks, langs, tmp_path / "pca1.png")
+    assert one.exists()
+    with pytest.raises(ValueError):
+        plot_intrinsic_pca(vectors, tasks[:2], langs, tmp_path / "x.png")
