@@ -131,11 +131,11 @@ def test_streaming_equals_direct_numpy() -> None:
     acc = PredictivityAccumulator(2, default_subtasks(["a", "b"]), [0])
     for start in range(0, n_tr, 5):  # uneven batches
         sl = slice(start, start + 5)
-        acc.add_train(0, torch.tensor(train[sl])[:, None], torch.tensor(y_tr[sl]), start)
+        acc.add_train(0, torch.tensor(train[sl])[:, None], torch.tensor(y_tr[sl]))
     acc.finish_train()
     for start in range(0, n_dev, 7):
         sl = slice(start, start + 7)
-        acc.add_dev(0, torch.tensor(dev[sl])[:, None], torch.tensor(y_dev[sl]), start)
+        acc.add_dev(0, torch.tensor(dev[sl])[:, None], torch.tensor(y_dev[sl]))
     np.testing.assert_allclose(acc.result()[0, 0, 0], simple_predictivity(train, dev, y_dev))
     # one-vs-rest on 3 classes equals the direct balanced computation class by class
     y3 = rng.integers(0, 3, size=n_dev)

@@ -235,6 +235,11 @@ def measure_perturbation(
     if mode == "mean" and values is None:
         if predictivity is None:
             raise ValueError("mode 'mean' needs values or a predictivity")
+        if predictivity.state != "down_input":
+            raise ValueError(
+                "mode 'mean' replaces down-projection inputs; this predictivity was read from "
+                f"state {predictivity.state!r}: pass values (means of the down-projection input)"
+            )
         values = predictivity.baseline()
     base = baseline if baseline is not None else evaluate(plm, formatter, examples, cfg)
     kw: dict[str, Any] = {

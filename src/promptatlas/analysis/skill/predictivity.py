@@ -210,31 +210,24 @@ class PredictivityAccumulator:
             if max(s.classes) >= n_classes:
                 raise ValueError(f"sub-task {s.name!r} names a class ≥ {n_classes}")
         self.layers = list(layers)
-        self._slot = {layer: j for j, layer in enumerate(self.layers)}
         self.groups = sorted({s.classes for s in self.subtasks})
         self.sums: dict[int, torch.Tensor] = {}  # layer → (C, P, D) float64
         self.token_sum: dict[int, torch.Tensor] = {}  # layer → (D,)
         self.token_count: dict[int, int] = {}
-        self.n_train = np.zeros(n_classes, dtype=np.int64)
-        self.n_dev = np.zeros(n_classes, dtype=np.int64)
+        self._n_train: dict[int, np.ndarray] = {}  # layer → examples per class
+        self._n_dev: dict[int, np.ndarray] = {}
         self.thresholds: dict[int, torch.Tensor] = {}  # layer → (G, P, D)
         self.above: dict[int, torch.Tensor] = {}  # layer → (G, C, P, D) int64
-        self._counted: set[tuple[int, int]] = set()
 
-    def _count(self, counts: np.ndarray, labels: torch.Tensor, key: tuple[int, int]) -> None:
-        if key not in self._counted:  # once per batch, not once per layer
-            self._counted.add(key)
-            counts += np.bincount(labels.cpu().numpy(), minlength=self.n_classes)
-
-    def add_train(
-        self, layer: int, states: torch.Tensor, labels: torch.Tensor, batch_key: int = 0
-    ) -> None:
+    def add_train(self, layer: int, states: torch.Tensor, labels: torch.Tensor) -> None:
+        """One batch of one layer's training states (B, P, D) with their class indices."""
         x = states.detach().to("cpu", torch.float64)
         y = labels.to("cpu", torch.long)
         if layer not in self.sums:
             self.sums[layer] = torch.zeros((self.n_classes, *x.shape[1:]), dtype=torch.float64)
+            self._n_train[layer] = np.zeros(self.n_classes, dtype=np.int64)
         self.sums[layer].index_add_(0, y, x)
-        self._count(self.n_train, y, (0, batch_key))
+        self._n_train[layer] += np.bincount(y.numpy(), minlength=self.n_classes)
 
     def add_tokens(self, layer: int, total: torch.Tensor, count: int) -> None:
         prev = self.token_sum.get(layer)
@@ -247,18 +240,37 @@ class PredictivityAccumulator:
         ]
         if missing:
             raise ValueError(f"no training states for layers {missing}")
+        n_train = self.n_train
         for layer, sums in self.sums.items():
             per_group = []
             for g in self.groups:
-                n = float(self.n_train[list(g)].sum())
+                n = float(n_train[list(g)].sum())
                 if n == 0:
                     raise ValueError("the training split has no example of a sub-task's classes")
                 per_group.append(sums[list(g)].sum(0) / n)
             self.thresholds[layer] = torch.stack(per_group)
 
-    def add_dev(
-        self, layer: int, states: torch.Tensor, labels: torch.Tensor, batch_key: int = 0
-    ) -> None:
+    @staticmethod
+    def _same(counts: dict[int, np.ndarray], what: str) -> np.ndarray:
+        values = list(counts.values())
+        if not values:
+            raise ValueError(f"no {what} examples")
+        if any(not np.array_equal(v, values[0]) for v in values[1:]):
+            raise ValueError(f"the layers saw different {what} examples")
+        return values[0]
+
+    @property
+    def n_train(self) -> np.ndarray:
+        """Training examples per class."""
+        return self._same(self._n_train, "training")
+
+    @property
+    def n_dev(self) -> np.ndarray:
+        """Held-out examples per class."""
+        return self._same(self._n_dev, "held-out")
+
+    def add_dev(self, layer: int, states: torch.Tensor, labels: torch.Tensor) -> None:
+        """One batch of one layer's held-out states (B, P, D) with their class indices."""
         if not self.thresholds:
             raise RuntimeError("call finish_train() before add_dev()")
         x = states.detach().to("cpu", torch.float64)  # (B, P, D)
@@ -268,17 +280,19 @@ class PredictivityAccumulator:
             self.above[layer] = torch.zeros(
                 (len(self.groups), self.n_classes, *x.shape[1:]), dtype=torch.long
             )
+            self._n_dev[layer] = np.zeros(self.n_classes, dtype=np.int64)
         for gi in range(len(self.groups)):
             self.above[layer][gi].index_add_(0, y, (x > thr[gi]).long())
-        self._count(self.n_dev, y, (1, batch_key))
+        self._n_dev[layer] += np.bincount(y.numpy(), minlength=self.n_classes)
 
     def result(self) -> np.ndarray:
         """Per sub-task predictivity (S, P, L, D)."""
         out = []
+        n_dev = self.n_dev
         for s in self.subtasks:
             gi = self.groups.index(s.classes)
             per_layer = [
-                _metric(self.above[layer][gi].numpy().astype(np.float64), self.n_dev, s)
+                _metric(self.above[layer][gi].numpy().astype(np.float64), n_dev, s)
                 for layer in self.layers
             ]
             out.append(np.stack(per_layer, axis=1))  # (P, L, D)
@@ -428,20 +442,20 @@ def predictivity_from_batches(
     y_train = np.asarray(train_labels, dtype=np.int64)
     y_dev = np.asarray(dev_labels, dtype=np.int64)
 
-    for b, batch in enumerate(iterate_batches(train_batches)):
+    for batch in iterate_batches(train_batches):
         y = _batch_labels(batch, y_train)
 
-        def train_sink(read: NeuronRead, y: torch.Tensor = y, b: int = b) -> None:
-            acc.add_train(read.layer, read.at(position, k), y, b)
+        def train_sink(read: NeuronRead, y: torch.Tensor = y) -> None:
+            acc.add_train(read.layer, read.at(position, k), y)
             acc.add_tokens(read.layer, *token_sums(read.capture))
 
         read_neurons(plm, batch, chosen, train_sink, state=state)
     acc.finish_train()
-    for b, batch in enumerate(iterate_batches(dev_batches)):
+    for batch in iterate_batches(dev_batches):
         y = _batch_labels(batch, y_dev)
 
-        def dev_sink(read: NeuronRead, y: torch.Tensor = y, b: int = b) -> None:
-            acc.add_dev(read.layer, read.at(position, k), y, b)
+        def dev_sink(read: NeuronRead, y: torch.Tensor = y) -> None:
+            acc.add_dev(read.layer, read.at(position, k), y)
 
         read_neurons(plm, batch, chosen, dev_sink, state=state)
     return acc

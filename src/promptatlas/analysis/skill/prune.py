@@ -210,6 +210,8 @@ def prune_ffn(
         k_idx = torch.as_tensor(kept, device=device)
         r_idx = torch.as_tensor(removed, device=device)
         if means is not None and removed.size:
+            if layer not in means:
+                raise ValueError(f"no means for layer {layer} (means cover {sorted(means)})")
             mu = torch.as_tensor(np.asarray(means[layer]), dtype=torch.float64, device=device)
             if mu.shape != (d_ffn,):
                 raise ValueError(
