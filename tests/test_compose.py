@@ -539,3 +539,96 @@ def test_ipt_controls(tiny_handles: dict[str, Any]) -> None:
         handle, sources[0].prompt, _data(handle, "sa"), train, init=init, method="ipt-init"
     )
     assert result.method == "ipt-init" and result.prompt.segments["task"].shape == init.shape
+
+
+# -- runners, bank and recovery ---------------------------------------------------------------
+
+
+def test_amp_prompts_store_in_the_bank_and_load_as_sources(
+    tiny_handles: dict[str, Any], tmp_path: Any
+) -> None:
+    from promptatlas.bank import load_prompt, save_prompt
+    from promptatlas.compose import sources_from_bank
+
+    handle = tiny_handles["tiny-gpt2"]
+    sources = _sources(handle, ("sa", "nli"))
+    for s in sources:
+        save_prompt(tmp_path / "bank" / s.key, s.prompt, handle, task=s.task, lang=s.lang, seed=0)
+    loaded = sources_from_bank(tmp_path / "bank", handle)
+    assert [s.key for s in loaded] == ["nli-en", "sa-en"]
+    assert all(not p.requires_grad for s in loaded for p in s.prompt.parameters())
+    assert [s.key for s in sources_from_bank(tmp_path / "bank", handle, tasks=["SA"])] == ["sa-en"]
+    assert sources_from_bank(tmp_path / "bank", handle, method="v2") == []
+    cfg = AMPConfig(steps=1, batch_size=2, lr=0.01, warmup_steps=0)
+    result = train_amp(handle, loaded, {"sa-en": _data(handle, "sa", n_test=4)}, cfg)
+    out = save_prompt(
+        tmp_path / "amp-sa", result.prompts["sa-en"], handle, task="sa", lang="en",
+        extra={"kind": "amp", "attention": result.attention.tolist()},
+    )  # fmt: skip
+    back = load_prompt(out, handle).prompt
+    torch.testing.assert_close(back.tensor(), result.prompts["sa-en"].tensor())
+
+
+def test_amp_v2_separate_and_ablation_configs(tiny_handles: dict[str, Any]) -> None:
+    from promptatlas.compose import amp_ablations
+
+    handle = tiny_handles["tiny-llama"]
+    sources = _sources(handle, ("sa", "nli"), method="v2", kv="separate")
+    d_kv = handle.geometry.d_kv
+    ablations = amp_ablations(AMPConfig(steps=1, batch_size=2, lr=0.01, warmup_steps=0), d=None)
+    assert set(ablations) == {"dam", "max-pool", "k64", "k256", "k=d", "value-identity"}
+    result = train_amp(handle, sources, {"nli-en": _data(handle, "nli")}, ablations["k64"])
+    groups = 2 * handle.geometry.n_layers  # keys and values of every layer
+    assert result.attention_groups.shape == (groups, 2, 2)
+    assert result.n_parameters == groups * (2 * d_kv * 64 + d_kv * d_kv)
+    raw = train_amp(
+        handle, sources, {"nli-en": _data(handle, "nli")}, ablations["value-identity"], score=False
+    )
+    assert raw.module.w_v is None
+
+
+def test_compare_methods_one_seed_gives_the_table(tiny_handles: dict[str, Any]) -> None:
+    from promptatlas.compose import CompareConfig, compare_methods
+    from promptatlas.report.compose import comparison_table
+
+    handle = tiny_handles["tiny-gpt2"]
+    sources = _sources(handle)
+    data = {"sa-en": _data(handle, "sa", n_train=8, n_test=4)}
+    cfg = CompareConfig(
+        pt=TrainConfig(steps=1, batch_size=4, lr=0.1, warmup=0.0, checkpoint_every=0),
+        attempt=AttemptConfig(steps=1, batch_size=4, warmup_steps=0),
+        amp=AMPConfig(steps=1, batch_size=4, lr=0.01, warmup_steps=0),
+        seed=7,
+    )
+    run = compare_methods(handle, sources, data, cfg)
+    assert sorted(s.method for s in run.scores) == sorted(
+        ["pt", "spot-s", "spot-m", "attempt", "amp"]
+    )
+    assert all(s.seed == 7 and s.task == "sa" and s.lang == "en" for s in run.scores)
+    table = comparison_table(run.scores, lang="en")
+    assert table.tasks == ["sa"] and all(table.mean_row[m] is not None for m in table.methods)
+    with pytest.raises(ComposeError, match="unknown method"):
+        CompareConfig(methods=("pt", "lora"))
+
+
+def test_ipt_recovery_runner(tiny_handles: dict[str, Any]) -> None:
+    from promptatlas.compose import ipt_recovery
+
+    handle = tiny_handles["tiny-gpt2"]
+    sources = _sources(handle, ("sa", "nli"))
+    subspace = fit_ipt(handle, sources, {}, IPTConfig(intrinsic_dim=2, task_loss=False, steps=3))
+    targets = {"sa-en": _data(handle, "sa", n_test=4), "sts-en": _data(handle, "sts", n_test=4)}
+    ist = ISTConfig(steps=2, batch_size=2, lr=0.05)
+    pt = TrainConfig(steps=1, batch_size=2, lr=0.1, warmup=0.0, checkpoint_every=0)
+    result = ipt_recovery(
+        handle, subspace, targets, {"sa-en": 0.5, "sts-en": 0.5}, ist, pt_train=pt
+    )
+    by_key = {r.key: r for r in result.rows}
+    assert by_key["sa-en"].seen and not by_key["sts-en"].seen
+    assert result.seen is not None and result.unseen is not None
+    assert result.seen["mean_ratio"] == pytest.approx(by_key["sa-en"].ist / 0.5)
+    assert by_key["sts-en"].random_decoder is not None
+    assert by_key["sts-en"].decoded_init_pt is not None
+    assert result.to_dict()["intrinsic_dim"] == 2
+    with pytest.raises(ComposeError, match="full prompt-tuning"):
+        ipt_recovery(handle, subspace, targets, {"sa-en": 0.5}, ist)

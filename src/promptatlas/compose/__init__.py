@@ -50,6 +50,13 @@ from promptatlas.compose.ipt import (
     recovery,
     tune_intrinsic,
 )
+from promptatlas.compose.runner import (
+    METHODS,
+    CompareConfig,
+    ComparisonRun,
+    amp_ablations,
+    compare_methods,
+)
 from promptatlas.compose.spot import (
     PromptTuningResult,
     SpotConfig,
@@ -62,12 +69,15 @@ from promptatlas.compose.spot import (
 )
 
 __all__ = [
+    "METHODS",
     "AMPConfig",
     "AMPResult",
     "AttemptConfig",
     "AttemptLM",
     "AttemptMixer",
     "AttemptResult",
+    "CompareConfig",
+    "ComparisonRun",
     "ComposeError",
     "ComputedPrompt",
     "EncodedTask",
@@ -84,8 +94,10 @@ __all__ = [
     "Source",
     "SpotConfig",
     "TaskData",
+    "amp_ablations",
     "attention_weights",
     "build_attention",
+    "compare_methods",
     "cos_tok",
     "dam_scores",
     "dam_scores_blockwise",
