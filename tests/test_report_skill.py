@@ -37,6 +37,7 @@ from promptatlas.report.skill import (
     similarity_figure,
     skill_neurons_csv,
     write_predictivity,
+    write_skill_report,
 )
 
 
@@ -173,3 +174,19 @@ def test_indicator_figures(tmp_path: Path) -> None:
     rows = _rows(indicator_csv(corr, tmp_path / "ind.csv"))
     assert rows[1][0] == "on_all" and float(rows[1][1]) == pytest.approx(1.0)
     assert rows[2][1] == "nan"  # a constant indicator has no ρ
+
+
+def test_write_skill_report(tmp_path: Path) -> None:
+    pred = _pred()
+    acts = NeuronActivations(0, 1, np.array([0.1, 0.5]), ["a", "b"], 0.3, "sa-en")
+    files = write_skill_report(pred, tmp_path / "r", ps=(0.05, 0.1), activations=acts)
+    names = {f.name for f in files}
+    assert {"predictivity.npz", "by_layer.png", "skill_5pct.json", "best_neuron.png"} <= names
+    for f in files:
+        _nonempty(f)
+    import json
+
+    from promptatlas.analysis.skill import SkillNeurons
+
+    skill = SkillNeurons.from_dict(json.loads((tmp_path / "r" / "skill_10pct.json").read_text()))
+    assert skill.total == 4 * 2

@@ -16,7 +16,8 @@ Everything is built from the result objects of :mod:`promptatlas.analysis.skill`
   evaluate task B;
 * :func:`pruning_csv` — one row per pruning setting;
 * :func:`indicator_bar_figure`, :func:`indicator_scatter_figure`, :func:`indicator_csv` —
-  Spearman ρ of each indicator with the measured transfer.
+  Spearman ρ of each indicator with the measured transfer;
+* :func:`write_skill_report` — the standard files of one predictivity result in one folder.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from promptatlas.analysis.skill import (
     Predictivity,
     SkillNeurons,
     SkillSimilarity,
+    select_skill_neurons,
 )
 from promptatlas.io import atomic_file, write_csv_atomic, write_json_atomic
 from promptatlas.report.figures import annotated_heatmap, save_figure, subplots
@@ -58,6 +60,7 @@ __all__ = [
     "similarity_figure",
     "skill_neurons_csv",
     "write_predictivity",
+    "write_skill_report",
 ]
 
 _ARRAYS = ("values", "per_seed", "per_subtask", "train_mean", "token_mean")
@@ -426,3 +429,31 @@ def indicator_scatter_figure(
     if targets and chosen:
         axes[0, 0].legend(fontsize=6, title="target", title_fontsize=6)
     return save_figure(fig, path)
+
+
+def write_skill_report(
+    pred: Predictivity,
+    folder: str | Path,
+    *,
+    ps: Sequence[float] = (0.01,),
+    scope: str = "layer",
+    activations: NeuronActivations | None = None,
+) -> list[Path]:
+    """The files of one predictivity result: the stored arrays, ``by_layer.csv`` and
+    ``by_layer.png`` (top-1 and top-``ps[0]``), ``skill_<p>.csv`` and ``skill_<p>.json`` for each
+    p (the skill neurons), and, given the best neuron's activations, ``best_neuron.png`` and
+    ``best_neuron.csv``."""
+    folder = Path(folder)
+    first = ps[0] if ps else 0.01
+    out = [*write_predictivity(pred, folder)]
+    out.append(predictivity_csv(pred, folder / "by_layer.csv", p=first))
+    out.append(predictivity_figure({pred.name: pred}, folder / "by_layer.png", p=first))
+    for p in ps:
+        skill = select_skill_neurons(pred, p, scope="global" if scope == "global" else "layer")
+        tag = f"{p * 100:g}pct"
+        out.append(skill_neurons_csv(skill, folder / f"skill_{tag}.csv", pred))
+        out.append(write_json_atomic(folder / f"skill_{tag}.json", skill.to_dict()))
+    if activations is not None:
+        out.append(activation_histogram(activations, folder / "best_neuron.png"))
+        out.append(activations_csv(activations, folder / "best_neuron.csv"))
+    return out
