@@ -838,8 +838,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     meta = read_metadata(args.prompt_dir)
     target = eval_target(args.prompt_dir, meta, args.task, args.lang)  # before the model loads
     # The prompt's own evaluation settings (e.g. its scoring), then the options given here.
-    stored = meta.config.get("eval") if isinstance(meta.config, dict) else None
-    options = {**(stored if isinstance(stored, dict) else {}), "mode": args.mode}
+    options = {**meta.run.eval_options, "mode": args.mode}
     eval_config = EvalConfig(**{**options, **_eval_options(args)})
     handle = load_model(meta.model, device=args.device)
     with ResultsDB(args.db) as db:
@@ -891,10 +890,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         from promptatlas.bank import read_metadata
 
         meta = read_metadata(args.prompt_dir)
-        stored = meta.config.get("eval") if isinstance(meta.config, dict) else None
-        eval_config = EvalConfig(
-            **{**(stored if isinstance(stored, dict) else {}), **_eval_options(args)}
-        )
+        eval_config = EvalConfig(**{**meta.run.eval_options, **_eval_options(args)})
     result = predict_file(
         args.prompt_dir,
         args.file,

@@ -23,15 +23,63 @@ import json
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, ClassVar, Literal, Self, TypeVar, Union
 
-__all__ = ["ConfigError", "check_fields", "config_hash", "from_dict"]
+__all__ = [
+    "PRECISIONS",
+    "ConfigBase",
+    "ConfigError",
+    "Precision",
+    "check_fields",
+    "config_hash",
+    "from_dict",
+]
 
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """An invalid configuration value or key; the message names the field path."""
+
+
+# Numeric precision of a forward pass: "auto" (bf16 autocast where the hardware runs it natively,
+# else fp32), "fp32" or "bf16". One type for every config that has a ``precision`` field.
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+
+
+class ConfigBase:
+    """The base of every frozen config dataclass.
+
+    * :meth:`from_dict` — strict conversion from a mapping (YAML, JSON): unknown keys, wrong
+      types and missing fields end in one :attr:`config_error` naming the field;
+    * :meth:`to_dict` — the plain mapping (``dataclasses.asdict``);
+    * ``__post_init__`` — the checks every config shares (today ``precision``); a subclass with
+      its own ``__post_init__`` calls ``super().__post_init__()`` first and raises
+      :meth:`invalid` (a :class:`ConfigError`) for its own rules.
+    """
+
+    config_error: ClassVar[type[ConfigError]] = ConfigError
+
+    def __post_init__(self) -> None:
+        precision = getattr(self, "precision", "auto")
+        if precision not in PRECISIONS or not isinstance(precision, str):
+            raise self.invalid(
+                "precision", f"expected {_expected(Precision)}, got {_show(precision)}"
+            )
+
+    @classmethod
+    def from_dict(cls, data: Any, *, path: str = "") -> Self:
+        """A config from a mapping; see :func:`from_dict`."""
+        return from_dict(cls, data, path=path, error=cls.config_error)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def invalid(cls, field: str, message: str) -> ConfigError:
+        """The error for an invalid value of ``field`` (``"field: message"``)."""
+        return cls.config_error(f"{field}: {message}")
 
 
 @functools.cache
@@ -56,7 +104,24 @@ def from_dict(
     """``cls(**data)`` after :func:`check_fields`; an instance of ``cls`` is returned as is."""
     if isinstance(data, cls):
         return data
-    return cls(**check_fields(cls, data, path=path, error=error))
+    return _build(cls, data, path, error)
+
+
+def _build(cls: type[T], data: Any, path: str, error: type[ValueError]) -> T:
+    """``cls`` from ``data`` checked by :func:`check_fields`, with every required field given."""
+    values = check_fields(cls, data, path=path, error=error)
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.init
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and f.name not in values
+    ]
+    if missing:
+        more = f" (and {', '.join(missing[1:])})" if len(missing) > 1 else ""
+        raise error(f"{_join(path, missing[0])}: missing; this field is required{more}")
+    return cls(**values)
 
 
 def check_fields(
@@ -150,7 +215,7 @@ def _convert(value: Any, tp: Any, path: str, error: type[ValueError]) -> Any:
             return value
         if not isinstance(value, Mapping):
             raise _wrong(value, tp, path, error)
-        return tp(**check_fields(tp, value, path=path, error=error))
+        return _build(tp, value, path, error)
     if origin in (tuple, list, Sequence) or tp in (tuple, list):
         if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
             raise _wrong(value, tp, path, error)

@@ -18,21 +18,23 @@ from typing import Any
 
 import torch
 
+from promptatlas.configtools import ConfigBase, ConfigError
 from promptatlas.tasks import Example, TaskVariant
 
 __all__ = ["Batch", "EncodedExample", "FormatConfig", "TaskFormatter", "TextLMFormatter", "collate"]
 
 
 @dataclass(frozen=True)
-class FormatConfig:
+class FormatConfig(ConfigBase):
     separator: str = "sep_token"  # "sep_token" (tokenizer sep, else eos) or literal text
     add_bos: bool = True
     add_eos: bool = True  # after the target
     max_length: int | None = None  # total tokens of input + target; None = the task's budget
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_length is not None and self.max_length < 8:
-            raise ValueError(f"max_length must be ≥ 8 tokens, got {self.max_length}")
+            raise ConfigError(f"max_length must be ≥ 8 tokens, got {self.max_length}")
 
 
 @dataclass(frozen=True)

@@ -97,10 +97,10 @@ def predict_file(
     """Predict every row of ``path`` with the prompt at ``prompt_dir`` (module docstring);
     writes JSONL to ``out`` when given."""
     from promptatlas.bank import load_prompt, read_metadata
-    from promptatlas.evaluation.evaluate import EvalConfig, rank_predict
+    from promptatlas.evaluation.evaluate import rank_predict
     from promptatlas.evaluation.metrics import compute_metrics
     from promptatlas.evaluation.predict import generate
-    from promptatlas.formatting import FormatConfig, TaskFormatter
+    from promptatlas.formatting import TaskFormatter
     from promptatlas.io import write_text_atomic
     from promptatlas.models import load_model
     from promptatlas.prompts import PromptedLM
@@ -117,14 +117,9 @@ def predict_file(
         examples = examples[:limit]
     handle = handle or load_model(meta.model, device=device)
     stored = load_prompt(prompt_dir, handle)
-    stored_cfg = meta.config if isinstance(meta.config, dict) else {}
-    fmt = stored_cfg.get("format")
-    formatter = TaskFormatter(
-        handle.tokenizer, task, FormatConfig(**fmt) if isinstance(fmt, dict) else FormatConfig()
-    )
+    formatter = TaskFormatter(handle.tokenizer, task, meta.run.format)
     if eval_config is None:
-        stored_eval = stored_cfg.get("eval")
-        eval_config = EvalConfig(**stored_eval) if isinstance(stored_eval, dict) else EvalConfig()
+        eval_config = meta.run.eval
     plm = PromptedLM(
         handle,
         stored.prompt.to(handle.device),

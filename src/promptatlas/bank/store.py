@@ -27,6 +27,8 @@ from typing import Any
 import torch
 
 from promptatlas.bank._atomic import atomic_directory
+from promptatlas.evaluation.evaluate import EvalConfig
+from promptatlas.formatting import FormatConfig
 from promptatlas.io import dumps_json, write_text_atomic
 from promptatlas.models.adapters import ModelGeometry
 from promptatlas.models.registry import ModelHandle
@@ -42,6 +44,7 @@ __all__ = [
     "PromptLoadError",
     "PromptMetadata",
     "StoredPrompt",
+    "StoredRunSettings",
     "check_compatible",
     "check_prompt_target",
     "list_prompts",
@@ -64,6 +67,32 @@ class PromptLoadError(ValueError):
 
 class PromptExistsError(OutputPathError):
     """The target already holds a prompt and replacing it was not asked for (``overwrite``)."""
+
+
+@dataclass(frozen=True)
+class StoredRunSettings:
+    """The settings of the run that made a prompt (``prompt.json`` ``config``), typed, as later
+    commands reuse them: the input format, the evaluation options (a mapping, so options given
+    later override single keys; :attr:`eval` builds the config) and the precision."""
+
+    format: FormatConfig
+    eval_options: dict[str, Any]
+    precision: str
+
+    @classmethod
+    def from_config(cls, config: Any) -> StoredRunSettings:
+        """From a stored run config; missing or malformed parts fall back to the defaults."""
+        config = config if isinstance(config, Mapping) else {}
+        fmt, options = config.get("format"), config.get("eval")
+        return cls(
+            format=FormatConfig(**fmt) if isinstance(fmt, Mapping) else FormatConfig(),
+            eval_options=dict(options) if isinstance(options, Mapping) else {},
+            precision=str(config.get("precision", "auto")),
+        )
+
+    @property
+    def eval(self) -> EvalConfig:
+        return EvalConfig(**self.eval_options)
 
 
 @dataclass(frozen=True)
@@ -96,6 +125,11 @@ class PromptMetadata:
     @property
     def prompt_config(self) -> PromptConfig:
         return PromptConfig.from_dict(self.prompt)
+
+    @property
+    def run(self) -> StoredRunSettings:
+        """The stored run config's format, evaluation options and precision, typed."""
+        return StoredRunSettings.from_config(self.config)
 
     @property
     def model_geometry(self) -> ModelGeometry:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import torch
 
+from promptatlas.configtools import ConfigBase, ConfigError
 from promptatlas.evaluation.confidence import (
     Estimate,
     ExampleScores,
@@ -25,7 +26,7 @@ __all__ = ["EvalConfig", "EvalResult", "evaluate", "paired_gain", "stored_exampl
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(ConfigBase):
     """How to predict. ``mode`` "rank" (classification default) scores each label's words;
     "generate" decodes greedily and maps the text to a label (reported separately).
 
@@ -41,10 +42,11 @@ class EvalConfig:
     max_new_tokens: int = 32
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.mode not in ("auto", "rank", "generate"):
-            raise ValueError(f"mode must be auto, rank or generate, got {self.mode!r}")
+            raise ConfigError(f"mode must be auto, rank or generate, got {self.mode!r}")
         if self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ValueError("batch_size and max_new_tokens must be ≥ 1")
+            raise ConfigError("batch_size and max_new_tokens must be ≥ 1")
 
 
 @dataclass

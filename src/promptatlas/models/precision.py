@@ -25,6 +25,8 @@ from typing import Any, Literal, cast
 
 import torch
 
+from promptatlas.configtools import PRECISIONS, ConfigError, Precision
+
 __all__ = [
     "PRECISIONS",
     "Precision",
@@ -36,15 +38,13 @@ __all__ = [
     "resolve_precision",
 ]
 
-Precision = Literal["auto", "fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 _FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
 def check_precision(value: Any) -> Precision:
     """``value`` if it is a valid precision, else a ValueError naming the valid ones."""
     if value not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {value!r}")
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {value!r}")
     return cast(Precision, value)
 
 

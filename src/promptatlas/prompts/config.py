@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from promptatlas.configtools import ConfigError, from_dict
+from promptatlas.configtools import ConfigBase, ConfigError
 
 __all__ = ["Init", "Method", "PromptConfig", "PromptConfigError", "SegmentConfig"]
 
@@ -20,14 +19,17 @@ class PromptConfigError(ConfigError):
 
 
 @dataclass(frozen=True)
-class SegmentConfig:
+class SegmentConfig(ConfigBase):
     """One named run of prompt positions (e.g. a language or a task sub-prompt)."""
+
+    config_error: ClassVar[type[ConfigError]] = PromptConfigError
 
     name: str
     length: int
     trainable: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
             raise PromptConfigError(
                 f"segment name {self.name!r} must be non-empty letters/digits/-/_"
@@ -37,7 +39,7 @@ class SegmentConfig:
 
 
 @dataclass(frozen=True)
-class PromptConfig:
+class PromptConfig(ConfigBase):
     """What kind of soft prompt to build.
 
     method: "v1" (Lester et al.: k vectors before the input embeddings) or "v2" (P-tuning v2:
@@ -62,7 +64,10 @@ class PromptConfig:
     init_range: float = 0.5
     segments: tuple[SegmentConfig, ...] = field(default=())
 
+    config_error: ClassVar[type[ConfigError]] = PromptConfigError
+
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.method not in ("v1", "v2"):
             raise PromptConfigError(f"method must be 'v1' or 'v2', got {self.method!r}")
         if self.kv not in ("separate", "shared"):
@@ -123,9 +128,3 @@ class PromptConfig:
         d = asdict(self)
         d["layers"] = list(self.layers) if self.layers is not None else None
         return d
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, path: str = "") -> PromptConfig:
-        """A config from a mapping (YAML, ``prompt.json``): unknown keys and wrong types end
-        in a :class:`PromptConfigError` naming the field (see :mod:`promptatlas.configtools`)."""
-        return from_dict(cls, data, path=path, error=PromptConfigError)

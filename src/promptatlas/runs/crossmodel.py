@@ -26,11 +26,10 @@ from typing import Any
 import torch
 
 from promptatlas.bank import PromptExistsError, ResultsDB, load_prompt, save_prompt
-from promptatlas.configtools import from_dict
+from promptatlas.configtools import ConfigBase, ConfigError, Precision, from_dict
 from promptatlas.evaluation.evaluate import EvalConfig, evaluate
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.models import ModelHandle, load_model
-from promptatlas.models.precision import check_precision
 from promptatlas.outputs import check_output_path
 from promptatlas.prompts import PromptedLM
 from promptatlas.prompts.injection import autocast_dtype
@@ -51,7 +50,7 @@ PROJECTOR_CHECKPOINT = ".projector.checkpoint"
 
 
 @dataclass(frozen=True)
-class ProjectConfig:
+class ProjectConfig(ConfigBase):
     """A cross-model transfer: source prompts of ``source_model`` → ``target_model``.
 
     source_prompt: the prompt (of the source model) whose task trains the projector.
@@ -73,17 +72,17 @@ class ProjectConfig:
     init_train: Mapping[str, Any] = field(default_factory=dict)
     train_limit: int | None = None
     test_limit: int | None = 200
-    precision: str = "auto"  # "auto" (bf16 where native, else fp32), "fp32" or "bf16"
+    precision: Precision = "auto"  # "auto" (bf16 where native, else fp32), "fp32" or "bf16"
     device: str | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "apply", tuple(str(p) for p in self.apply))
         if isinstance(self.projector, Mapping):
             object.__setattr__(self, "projector", ProjectorConfig.from_dict(self.projector))
         object.__setattr__(self, "train", from_dict(TrainConfig, self.train, path="train"))
         if self.init_steps < 0:
-            raise ValueError("init_steps must be ≥ 0")
-        check_precision(self.precision)
+            raise ConfigError("init_steps must be ≥ 0")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

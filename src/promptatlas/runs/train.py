@@ -26,12 +26,12 @@ from promptatlas.bank import (
     save_prompt,
     update_metrics,
 )
-from promptatlas.configtools import from_dict
+from promptatlas.configtools import ConfigBase, ConfigError, Precision, from_dict
 from promptatlas.evaluation.evaluate import EvalConfig, EvalResult, evaluate, paired_gain
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.io import write_json_atomic
 from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
-from promptatlas.models.precision import check_precision, resolve_precision
+from promptatlas.models.precision import resolve_precision
 from promptatlas.prompts import PromptConfig, PromptedLM, SoftPrompt, check_context
 from promptatlas.prompts.injection import autocast_dtype
 from promptatlas.tasks import Example, get_task, load_split
@@ -61,7 +61,7 @@ def _sub(cls: Any, value: Any, path: str) -> Any:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(ConfigBase):
     """Everything that determines a training run (saved next to its outputs)."""
 
     task: str
@@ -79,11 +79,12 @@ class RunConfig:
     dev_limit: int | None = 200
     test_limit: int | None = None
     baseline: bool = True  # also evaluate the untrained prompt on test
-    precision: str = "auto"  # "auto" (bf16 where native, else fp32), "fp32" or "bf16"
+    precision: Precision = "auto"  # "auto" (bf16 where native, else fp32), "fp32" or "bf16"
     device: str | None = None
     attn_implementation: str = "eager"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name, cls in (
             ("prompt", PromptConfig),
             ("train", TrainConfig),
@@ -94,22 +95,15 @@ class RunConfig:
         variant = get_task(self.task, self.lang)  # fails early, listing valid names
         object.__setattr__(self, "task", variant.spec.name)  # "SA" → "sa"
         object.__setattr__(self, "lang", variant.lang)
-        check_precision(self.precision)
         for name in ("train_limit", "dev_limit", "test_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be ≥ 1 or None, got {value}")
+                raise ConfigError(f"{name} must be ≥ 1 or None, got {value}")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["prompt"] = self.prompt.to_dict()
         return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
-        """A run config from a mapping; unknown keys and wrong types (also nested, e.g.
-        ``train.steps``) end in a :class:`~promptatlas.configtools.ConfigError`."""
-        return from_dict(cls, data)
 
 
 @dataclass
@@ -333,9 +327,7 @@ def evaluate_stored(
         warn_changed_data(prompt_dir, meta, data_dir)
     handle = handle or load_model(meta.model)
     stored: StoredPrompt = load_prompt(prompt_dir, handle, check_model=check_model)
-    cfg_format = meta.config.get("format") if isinstance(meta.config, dict) else None
-    fmt = FormatConfig(**cfg_format) if isinstance(cfg_format, dict) else FormatConfig()
-    formatter = TaskFormatter(handle.tokenizer, variant, fmt)
+    formatter = TaskFormatter(handle.tokenizer, variant, meta.run.format)
     examples = load_split(task_name, lang_name, split, data_dir=data_dir, limit=limit)  # type: ignore[arg-type]
     # Re-evaluation runs at this machine's own precision ("auto"): a prompt trained under bf16
     # on a machine with native bf16 must not be emulated in bf16 elsewhere.

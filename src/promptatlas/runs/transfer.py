@@ -42,7 +42,7 @@ from promptatlas.evaluation.evaluate import (
     paired_gain,
     stored_examples,
 )
-from promptatlas.formatting import FormatConfig, TaskFormatter
+from promptatlas.formatting import TaskFormatter
 from promptatlas.models import ModelHandle, load_model
 from promptatlas.prompts import PromptedLM, SoftPrompt
 from promptatlas.prompts.config import PromptConfigError
@@ -329,11 +329,9 @@ def zero_shot(
     target = get_task(task, lang)
     source = get_task(meta.task, meta.lang)
     variant = source_label_variant(source, target) if label_words == "source" else target
-    fmt_cfg = meta.config.get("format") if isinstance(meta.config, dict) else None
-    fmt = FormatConfig(**fmt_cfg) if isinstance(fmt_cfg, dict) else FormatConfig()
-    formatter = TaskFormatter(handle.tokenizer, variant, fmt)
+    formatter = TaskFormatter(handle.tokenizer, variant, meta.run.format)
     examples = load_split(task, lang, split, data_dir=data_dir, limit=limit)  # type: ignore[arg-type]
-    precision = meta.config.get("precision", "auto") if isinstance(meta.config, dict) else "auto"
+    precision = meta.run.precision
     plm = PromptedLM(
         handle,
         prompt.to(handle.device),

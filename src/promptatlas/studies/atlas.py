@@ -35,10 +35,10 @@ from promptatlas.bank import (
     list_prompts,
     load_prompt,
 )
+from promptatlas.configtools import ConfigBase, ConfigError, Precision
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.io import write_csv_atomic, write_json_atomic, write_text_atomic
 from promptatlas.models import ModelHandle, load_model
-from promptatlas.models.precision import check_precision
 from promptatlas.prompts import SoftPrompt
 from promptatlas.tasks import Example, TaskVariant, get_task, load_split
 
@@ -57,7 +57,7 @@ Log = Callable[[str], Any]
 
 
 @dataclass(frozen=True)
-class AnalysisConfig:
+class AnalysisConfig(ConfigBase):
     """Inputs of the input-dependent analyses.
 
     n_examples: inputs per task/language (first of the split); the streaming reducers keep
@@ -75,16 +75,16 @@ class AnalysisConfig:
     data_dir: str | None = None
     # "bf16": the frozen model runs under bf16 autocast (≈3× faster on CPUs with bf16
     # instructions); base and prompted runs share it, so KL(base ‖ base) stays exactly 0.
-    precision: str = "auto"  # "auto" (bf16 where native, else fp32), "fp32" or "bf16"
+    precision: Precision = "auto"  # "auto" (bf16 where native, else fp32), "fp32" or "bf16"
 
     def __post_init__(self) -> None:
-        check_precision(self.precision)
+        super().__post_init__()
         if self.n_examples < 2:
-            raise ValueError("n_examples must be ≥ 2")
+            raise ConfigError("n_examples must be ≥ 2")
         if self.batch_size < 1 or self.n_tokens < 2 or self.layer_groups < 1:
-            raise ValueError("batch_size ≥ 1, n_tokens ≥ 2 and layer_groups ≥ 1 are required")
+            raise ConfigError("batch_size ≥ 1, n_tokens ≥ 2 and layer_groups ≥ 1 are required")
         if self.split not in ("train", "dev", "test"):
-            raise ValueError(f"split must be train, dev or test, got {self.split!r}")
+            raise ConfigError(f"split must be train, dev or test, got {self.split!r}")
 
 
 @dataclass
@@ -122,8 +122,7 @@ class BankEntry:
 
     @property
     def format(self) -> FormatConfig:
-        fmt = self.meta.config.get("format") if isinstance(self.meta.config, dict) else None
-        return FormatConfig(**fmt) if isinstance(fmt, Mapping) else FormatConfig()
+        return self.meta.run.format
 
 
 def load_bank(

@@ -38,7 +38,14 @@ from typing import Any
 import yaml
 
 from promptatlas.bank import ResultsDB, read_metadata
-from promptatlas.configtools import ConfigError, check_fields, config_hash, from_dict
+from promptatlas.configtools import (
+    ConfigBase,
+    ConfigError,
+    Precision,
+    check_fields,
+    config_hash,
+    from_dict,
+)
 from promptatlas.evaluation.evaluate import EvalConfig
 from promptatlas.formatting import FormatConfig
 from promptatlas.io import write_text_atomic
@@ -58,12 +65,12 @@ __all__ = [
 ]
 
 
-class ExperimentError(ValueError):
+class ExperimentError(ConfigError):
     """An invalid experiment file."""
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(ConfigBase):
     name: str
     tasks: tuple[str, ...]
     langs: tuple[str, ...]
@@ -83,9 +90,11 @@ class ExperimentConfig:
     test_limit: int | None = None
     device: str | None = None
     skip: tuple[str, ...] = ()  # "task-lang" pairs to leave out
-    precision: str = "auto"  # "auto": bf16 autocast where the hardware has native bf16, else fp32
+    # "auto": bf16 autocast where the hardware has native bf16, else fp32
+    precision: Precision = "auto"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("langs", "skip"):  # "SA" = "sa", as everywhere
             names = tuple(str(v).strip().lower() for v in getattr(self, name))
             object.__setattr__(self, name, names)

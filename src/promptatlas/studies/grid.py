@@ -40,7 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from promptatlas.bank import ResultsDB, RunRecord
-from promptatlas.configtools import check_fields, config_hash, from_dict
+from promptatlas.configtools import (
+    ConfigBase,
+    check_fields,
+    config_hash,
+    from_dict,
+)
 from promptatlas.models import ModelHandle, load_model
 from promptatlas.report.transfer import TransferLayout, write_transfer_report
 from promptatlas.runs.train import RunConfig, train_run
@@ -67,7 +72,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class TransferSpec:
+class TransferSpec(ConfigBase):
     """The ``transfer`` block of a grid file (see the module docstring)."""
 
     lang_length: int = 10
@@ -91,6 +96,7 @@ class TransferSpec:
     zero_shot_segments: tuple[str, ...] = ("source", "target")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.lang_length < 1 or self.task_length < 1:
             raise ExperimentError("transfer: lang_length and task_length must be ≥ 1")
         object.__setattr__(
@@ -114,7 +120,7 @@ class TransferSpec:
 
 
 @dataclass(frozen=True)
-class AnalysisSpec:
+class AnalysisSpec(ConfigBase):
     """The optional ``analysis`` block of a grid file: after the cells, analyse every prompt
     of the grid (attention, neurons, geometry, PCA; :mod:`promptatlas.studies.atlas`) into
     ``<out>/atlas``, choose v2 compression layers and write ``<out>/compression.yaml``.
@@ -129,6 +135,7 @@ class AnalysisSpec:
     compression: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.n_examples < 2 or self.batch_size < 1:
             raise ExperimentError("analysis: n_examples ≥ 2 and batch_size ≥ 1 are required")
 
@@ -161,7 +168,7 @@ class Cell:
 
 
 @dataclass(frozen=True)
-class GridConfig:
+class GridConfig(ConfigBase):
     experiment: ExperimentConfig
     transfer: TransferSpec
     analysis: AnalysisSpec | None = None

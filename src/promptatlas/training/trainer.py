@@ -24,13 +24,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
 
+from promptatlas.configtools import ConfigBase, ConfigError
 from promptatlas.evaluation.evaluate import EvalConfig, evaluate
 from promptatlas.evaluation.predict import label_suffixes, rank_loss, target_loss
 from promptatlas.evaluation.scoring import resolve_length_normalise
@@ -60,7 +61,7 @@ CHECKPOINT_FORMAT = 1
 _HEADER_KEY = "promptatlas_checkpoint"
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(ConfigError):
     """An invalid training configuration."""
 
 
@@ -119,7 +120,7 @@ def remove_checkpoint(directory: str | Path) -> None:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigBase):
     """Optimisation settings. Give ``steps`` or ``epochs`` (steps wins when both are set).
 
     lr: AdamW learning rate for the prompt (soft prompts want far larger rates than weights).
@@ -153,6 +154,7 @@ class TrainConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.steps is None and self.epochs is None:
             raise TrainConfigError("give steps or epochs")
         if self.steps is not None and self.steps < 1:
@@ -184,9 +186,6 @@ class TrainConfig:
             return self.steps
         per_epoch = math.ceil(n_train / (self.batch_size * self.grad_accum))
         return max(1, math.ceil(per_epoch * float(self.epochs or 1)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

@@ -29,13 +29,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from promptatlas.bank import versions
+from promptatlas.configtools import ConfigBase, ConfigError
 from promptatlas.evaluation.evaluate import EvalConfig
 from promptatlas.formatting import TaskFormatter
 from promptatlas.io import json_default, write_bytes_atomic, write_text_atomic
@@ -80,6 +81,10 @@ class ProjectorError(ValueError):
     """An invalid projector configuration, or a prompt/geometry the projector does not fit."""
 
 
+class ProjectorConfigError(ProjectorError, ConfigError):
+    """An invalid projector configuration."""
+
+
 class ProjectorLoadError(ProjectorError):
     """A stored projector cannot be loaded; the message names the file, the problem and the fix."""
 
@@ -88,7 +93,7 @@ class ProjectorLoadError(ProjectorError):
 
 
 @dataclass(frozen=True)
-class ProjectorConfig:
+class ProjectorConfig(ConfigBase):
     """Projector hyperparameters.
 
     hidden: width of the MLP's hidden (tanh) layer.
@@ -96,27 +101,31 @@ class ProjectorConfig:
         training stays deterministic and resumable.
     """
 
+    config_error: ClassVar[type[ConfigError]] = ProjectorConfigError
+
     hidden: int = 512
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
-            raise ProjectorError(f"hidden must be an integer ≥ 1, got {self.hidden!r}")
+            raise ProjectorConfigError(f"hidden must be an integer ≥ 1, got {self.hidden!r}")
         if not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:
-            raise ProjectorError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+            raise ProjectorConfigError(
+                f"dropout must be a probability in [0, 1), got {self.dropout!r}"
+            )
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ProjectorConfig:
+    def from_dict(cls, data: Any, *, path: str = "") -> Self:
+        """Strict conversion (:class:`~promptatlas.configtools.ConfigBase`); unknown keys are
+        listed together as projector options."""
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
+        unknown = set(data) - known if isinstance(data, Mapping) else set()
         if unknown:
-            raise ProjectorError(
+            raise ProjectorConfigError(
                 f"unknown projector option(s) {sorted(unknown)}; valid: {sorted(known)}"
             )
-        return cls(**dict(data))
+        return super().from_dict(data, path=path)
 
 
 # -- prompt layout <-> per-position vectors -------------------------------------------------

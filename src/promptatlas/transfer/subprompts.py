@@ -31,11 +31,11 @@ from promptatlas.bank import (
     read_metadata,
     save_prompt,
 )
-from promptatlas.configtools import from_dict
+from promptatlas.configtools import ConfigBase, ConfigError, Precision, from_dict
 from promptatlas.evaluation.predict import target_loss
 from promptatlas.formatting import TextLMFormatter, collate
 from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
-from promptatlas.models.precision import check_precision, resolve_precision
+from promptatlas.models.precision import resolve_precision
 from promptatlas.prompts import (
     PromptConfig,
     PromptedLM,
@@ -108,7 +108,7 @@ def with_trainable(prompt: SoftPrompt, trainable: str) -> SoftPrompt:
 
 
 @dataclass(frozen=True)
-class LanguagePromptConfig:
+class LanguagePromptConfig(ConfigBase):
     """Everything that determines a language prompt (saved next to it).
 
     prompt: method / kv / layers / init of the prompt (its length is ignored: the prompt is
@@ -130,25 +130,25 @@ class LanguagePromptConfig:
     text_limit: int | None = None
     max_length: int = 64
     heldout: float = 0.05
-    precision: str = "auto"  # "auto" (bf16 where native, else fp32), "fp32" or "bf16"
+    precision: Precision = "auto"  # "auto" (bf16 where native, else fp32), "fp32" or "bf16"
     device: str | None = None
     attn_implementation: str = "eager"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.prompt, Mapping):
             object.__setattr__(self, "prompt", PromptConfig.from_dict(self.prompt, path="prompt"))
         object.__setattr__(self, "train", from_dict(TrainConfig, self.train, path="train"))
         object.__setattr__(self, "text", tuple(str(t) for t in self.text))
         object.__setattr__(self, "lang", str(self.lang).strip().lower())  # "KO" → "ko"
         if not self.lang:
-            raise ValueError("a language prompt needs a language code (e.g. 'ko')")
+            raise ConfigError("a language prompt needs a language code (e.g. 'ko')")
         if self.lang_length < 1 or self.task_length < 1:
-            raise ValueError("lang_length and task_length must be ≥ 1")
+            raise ConfigError("lang_length and task_length must be ≥ 1")
         if not 0 <= self.heldout < 0.5:
-            raise ValueError(f"heldout must be in [0, 0.5), got {self.heldout}")
+            raise ConfigError(f"heldout must be in [0, 0.5), got {self.heldout}")
         if self.max_length < 8:
-            raise ValueError(f"max_length must be ≥ 8 tokens, got {self.max_length}")
-        check_precision(self.precision)
+            raise ConfigError(f"max_length must be ≥ 8 tokens, got {self.max_length}")
 
     @property
     def prompt_config(self) -> PromptConfig:
