@@ -632,3 +632,35 @@ def test_ipt_recovery_runner(tiny_handles: dict[str, Any]) -> None:
     assert result.to_dict()["intrinsic_dim"] == 2
     with pytest.raises(ComposeError, match="full prompt-tuning"):
         ipt_recovery(handle, subspace, targets, {"sa-en": 0.5}, ist)
+
+
+def test_subspace_round_trip(tiny_handles: dict[str, Any], tmp_path: Any) -> None:
+    from promptatlas.compose import load_subspace, save_subspace
+
+    handle = tiny_handles["tiny-gemma3"]
+    sources = _sources(handle, ("sa", "nli"), method="v2")
+    subspace = fit_ipt(handle, sources, {}, IPTConfig(intrinsic_dim=3, task_loss=False, steps=3))
+    out = save_subspace(subspace, tmp_path / "ipt-3")
+    back = load_subspace(out, handle)
+    z = torch.randn(3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(decoded_init(back, z), decoded_init(subspace, z))
+    torch.testing.assert_close(back.vectors, subspace.vectors)
+    assert back.keys == subspace.keys and back.config == subspace.config
+    torch.testing.assert_close(back.template.tensor(), subspace.template.tensor())
+    with pytest.raises(ComposeError, match="geometry"):
+        load_subspace(out, tiny_handles["tiny-gpt2"])
+    ist = tune_intrinsic(handle, back, _data(handle, "sa"), ISTConfig(steps=1, batch_size=2))
+    assert ist.prompt.method == "v2"
+
+
+def test_amp_warm_start_with_an_added_task(tiny_handles: dict[str, Any]) -> None:
+    handle = tiny_handles["tiny-gemma3"]
+    cfg = AMPConfig(steps=2, batch_size=2, lr=0.05, warmup_steps=0)
+    first = train_amp(handle, _sources(handle, ("sa", "nli")), {"sa-en": _data(handle, "sa")}, cfg)
+    more = _sources(handle, ("sa", "nli", "sts"))
+    zero = AMPConfig(steps=1, batch_size=2, lr=1e-12, warmup_steps=0, weight_decay=0.0)
+    second = train_amp(
+        handle, more, {"sts-en": _data(handle, "sts")}, zero, warm_start=first.module
+    )
+    torch.testing.assert_close(second.module.w_q, first.module.w_q, atol=1e-6, rtol=0)
+    assert second.attention.shape == (3, 3)

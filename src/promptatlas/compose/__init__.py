@@ -46,8 +46,10 @@ from promptatlas.compose.ipt import (
     decoded_init,
     fit_ipt,
     ipt_recovery,
+    load_subspace,
     random_decoder,
     recovery,
+    save_subspace,
     tune_intrinsic,
 )
 from promptatlas.compose.runner import (
@@ -105,6 +107,7 @@ __all__ = [
     "evaluate_attempt",
     "fit_ipt",
     "ipt_recovery",
+    "load_subspace",
     "load_task_data",
     "masked_max_pool",
     "maxpool_scores",
@@ -114,6 +117,7 @@ __all__ = [
     "recovery",
     "run_prompt_tuning",
     "run_spot",
+    "save_subspace",
     "score_prompt",
     "sources_from_bank",
     "spot_m_source",

@@ -211,6 +211,17 @@ class PromptAttention(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @torch.no_grad()
+    def load_psi(self, other: PromptAttention) -> None:
+        """Copy ψ (W_Q, W_K, W_V) from ``other``; shapes must match (same k, value mode and
+        prompt layout), the number of sources may differ."""
+        mine = dict(self.named_parameters())
+        theirs = dict(other.named_parameters())
+        if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
+            raise ComposeError("the warm-start ψ has other shapes (k, value mode or layout)")
+        for key, param in mine.items():
+            param.copy_(theirs[key].detach().to(param.device))
+
 
 class _Target(nn.Module):
     """Target prompt ``index`` of ψ, in the SoftPrompt segment layout."""
@@ -273,12 +284,15 @@ def train_amp(
     eval_config: EvalConfig | None = None,
     autocast: torch.dtype | None = None,
     score: bool = True,
+    warm_start: PromptAttention | None = None,
 ) -> AMPResult:
     """Train ψ on every task in ``data`` (keys "task-lang", each the key of one source) mixed
     examples-proportionally, then score each composed target prompt on its test split.
 
     Sources without data still serve as keys/values (their target prompts are returned too).
-    Only ψ receives gradients: the sources are a buffer and the model is frozen (checked)."""
+    ``warm_start``: a trained ψ to continue from (its weights do not depend on the number of
+    sources, so a task added later retrains ψ from there). Only ψ receives gradients: the
+    sources are a buffer and the model is frozen (checked)."""
     cfg = config or AMPConfig()
     keys = [s.key for s in sources]
     if len(set(keys)) != len(keys):
@@ -290,6 +304,8 @@ def train_amp(
         raise ComposeError("AMP needs training data of at least one task")
     check_frozen(handle.model, "the model")
     name, module = build_attention(sources, cfg)
+    if warm_start is not None:
+        module.load_psi(warm_start)
     module = module.to(handle.device)
     first = sources[0].prompt
     targets = {

@@ -57,8 +57,10 @@ __all__ = [
     "decoded_init",
     "fit_ipt",
     "ipt_recovery",
+    "load_subspace",
     "random_decoder",
     "recovery",
+    "save_subspace",
     "tune_intrinsic",
 ]
 
@@ -542,3 +544,111 @@ def ipt_recovery(
         return recovery([r.ist for r in chosen], [r.full for r in chosen])
 
     return RecoveryResult(subspace.intrinsic_dim, rows, group(True), group(False), runs)
+
+
+# -- storing a subspace ----------------------------------------------------------------------------
+
+SUBSPACE_TENSORS = "subspace.safetensors"
+SUBSPACE_METADATA = "subspace.json"
+SUBSPACE_FORMAT = 1
+
+
+def save_subspace(subspace: IntrinsicSubspace, directory: Any, *, extra: Any = None) -> Any:
+    """Store a fitted subspace as a directory (``subspace.safetensors``: autoencoder weights,
+    template segments, intrinsic vectors; ``subspace.json``: sizes, prompt config, geometry,
+    keys, fit config and history), written beside the target and renamed into place."""
+    import dataclasses as dc
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from promptatlas.io import atomic_directory, dumps_json
+
+    target = Path(directory).expanduser().absolute()
+    tensors = {
+        f"autoencoder.{k}": v.detach().cpu().contiguous()
+        for k, v in subspace.autoencoder.state_dict().items()
+    }
+    tensors.update(
+        {f"template.{k}": v.contiguous() for k, v in subspace.template.state_tensors().items()}
+    )
+    tensors["vectors"] = subspace.vectors.detach().cpu().contiguous()
+    ae = subspace.autoencoder
+    meta = {
+        "format": "promptatlas-ipt-subspace",
+        "format_version": SUBSPACE_FORMAT,
+        "size": ae.size,
+        "intrinsic_dim": ae.intrinsic_dim,
+        "hidden": ae.hidden,
+        "segment": subspace.segment,
+        "shape": list(subspace.shape),
+        "prompt": subspace.template.config.to_dict(),
+        "geometry": dc.asdict(subspace.template.geometry),
+        "keys": subspace.keys,
+        "tasks": subspace.tasks,
+        "langs": subspace.langs,
+        "config": subspace.config.to_dict(),
+        "history": subspace.history,
+        "extra": extra or {},
+    }
+    text = dumps_json(meta)
+    with atomic_directory(target) as tmp:
+        save_file(tensors, str(tmp / SUBSPACE_TENSORS), metadata={"format": "pt"})
+        (tmp / SUBSPACE_METADATA).write_text(text, encoding="utf-8")
+    return target
+
+
+def load_subspace(directory: Any, handle: Any = None) -> IntrinsicSubspace:
+    """A subspace stored by :func:`save_subspace` (moved to ``handle``'s device, whose geometry
+    must match the stored one)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from promptatlas.models.adapters import ModelGeometry
+    from promptatlas.prompts.config import PromptConfig
+
+    path = Path(directory)
+    try:
+        meta = json.loads((path / SUBSPACE_METADATA).read_text(encoding="utf-8"))
+        tensors = load_file(str(path / SUBSPACE_TENSORS))
+    except (OSError, ValueError) as exc:
+        raise ComposeError(f"{path} is not a readable IPT subspace ({exc})") from exc
+    if meta.get("format_version") != SUBSPACE_FORMAT:
+        raise ComposeError(
+            f"{path} has subspace format {meta.get('format_version')!r}; this reads "
+            f"{SUBSPACE_FORMAT}"
+        )
+    geometry = ModelGeometry(**meta["geometry"])
+    if handle is not None and handle.geometry != geometry:
+        raise ComposeError(
+            f"the subspace in {path} was fitted for geometry {geometry}, not {handle.geometry}"
+        )
+    ae = PromptAutoencoder(int(meta["size"]), int(meta["intrinsic_dim"]), int(meta["hidden"]))
+    ae.load_state_dict(
+        {
+            k.removeprefix("autoencoder."): v
+            for k, v in tensors.items()
+            if k.startswith("autoencoder.")
+        }
+    )
+    template = SoftPrompt(PromptConfig.from_dict(meta["prompt"]), geometry)
+    template.load_state_tensors(
+        {k.removeprefix("template."): v for k, v in tensors.items() if k.startswith("template.")}
+    )
+    template.requires_grad_(False)
+    if handle is not None:
+        ae = ae.to(handle.device)
+    return IntrinsicSubspace(
+        autoencoder=ae,
+        template=template,
+        segment=str(meta["segment"]),
+        shape=tuple(int(i) for i in meta["shape"]),
+        keys=list(meta["keys"]),
+        tasks=list(meta["tasks"]),
+        langs=list(meta["langs"]),
+        vectors=tensors["vectors"],
+        history=list(meta["history"]),
+        config=IPTConfig(**meta["config"]),
+    )
