@@ -262,9 +262,10 @@ def evaluate_attempt(
     mode = cfg.mode
     if mode == "auto":
         mode = "rank" if data.classification else "generate"
-    if mode == "rank":
+    if mode == "rank":  # the context rank_classify scores (same truncation)
         ids = fmt.label_token_ids()
-        reserve = max(len(v) for v in ids.values()) + (1 if cfg.score_eos else 0)
+        longest = max(len(v) for v in ids.values()) + (1 if cfg.score_eos else 0)
+        reserve = 1 if cfg.first_token else longest
     else:
         reserve = cfg.max_new_tokens
     preds: list[str] = []
