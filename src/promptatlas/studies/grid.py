@@ -15,13 +15,15 @@ seeds, train/eval/format settings) with a ``transfer`` block::
       cross_lang: true         # same task, other language (language segment trained)
       zero_shot: true          # cross-language zero-shot, source vs target language segment
 
-Cells, in the order they run (each depends only on cells before it):
+Cells, in the order they run (each depends only on cells before it); :class:`CellKind` names
+them, its values are the short words stored in cell keys and the results database:
 
-1. ``lang``: a language prompt per language × method × seed;
-2. ``base``: every task/language's own factorised prompt (language frozen) — the baselines;
-3. ``task``: cross-task transfer source → target, per language;
-4. ``language``: cross-language transfer, per task and language pair;
-5. ``zero``: zero-shot cross-language evaluation with the source or the target language segment.
+1. ``LANGUAGE_PROMPT`` ("lang"): a language prompt per language × method × seed;
+2. ``BASELINE`` ("base"): every task/language's own factorised prompt (language frozen);
+3. ``CROSS_TASK`` ("task"): cross-task transfer source → target, per language;
+4. ``CROSS_LANGUAGE`` ("language"): cross-language transfer, per task and language pair;
+5. ``ZERO_SHOT`` ("zero"): zero-shot cross-language evaluation with the source or the target
+   language segment.
 
 Each finished cell is recorded in the results database under its key and skipped by later runs,
 so an interrupted grid continues where it stopped. ``shard=(i, n)`` runs cells whose position
@@ -33,19 +35,22 @@ processes or machines at once and be merged through the database (``promptatlas 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptatlas.bank import ResultsDB, RunRecord
+from promptatlas.bank import ResultsDB, RunRecord, read_metadata
 from promptatlas.configtools import (
     ConfigBase,
     check_fields,
     config_hash,
     from_dict,
 )
+from promptatlas.evaluation.evaluate import paired_gain, stored_examples
+from promptatlas.io import write_json_atomic
 from promptatlas.models import ModelHandle, load_model
 from promptatlas.report.transfer import TransferLayout, write_transfer_report
 from promptatlas.runs.train import RunConfig, train_run
@@ -62,6 +67,7 @@ from promptatlas.transfer.subprompts import LanguagePromptConfig, train_language
 
 __all__ = [
     "Cell",
+    "CellKind",
     "GridConfig",
     "TransferSpec",
     "grid_cells",
@@ -140,11 +146,23 @@ class AnalysisSpec(ConfigBase):
             raise ExperimentError("analysis: n_examples ≥ 2 and batch_size ≥ 1 are required")
 
 
+class CellKind(enum.StrEnum):
+    """What a grid cell does. The values are the words stored in cell keys, cell hashes and the
+    results database (kept as they were, so earlier grids resume): "lang" is *training* a
+    language prompt, "language" is *cross-language transfer*."""
+
+    LANGUAGE_PROMPT = "lang"
+    BASELINE = "base"
+    CROSS_TASK = "task"
+    CROSS_LANGUAGE = "language"
+    ZERO_SHOT = "zero"
+
+
 @dataclass(frozen=True)
 class Cell:
-    """One unit of grid work. ``kind``: lang, base, task, language or zero."""
+    """One unit of grid work (``kind``: see :class:`CellKind`; its value is accepted too)."""
 
-    kind: str
+    kind: CellKind
     method: str
     seed: int
     lang: str  # the (target) language
@@ -153,16 +171,19 @@ class Cell:
     source_lang: str | None = None
     lang_segment: str | None = None  # zero: "source" or "target"
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", CellKind(self.kind))
+
     @property
     def name(self) -> str:
         s = f"{self.method}/s{self.seed}"
-        if self.kind == "lang":
+        if self.kind is CellKind.LANGUAGE_PROMPT:
             return f"lang-{self.lang}/{s}"
-        if self.kind == "base":
+        if self.kind is CellKind.BASELINE:
             return f"base/{self.task}-{self.lang}/{s}"
-        if self.kind == "task":
+        if self.kind is CellKind.CROSS_TASK:
             return f"task/{self.source_task}-to-{self.task}-{self.lang}/{s}"
-        if self.kind == "language":
+        if self.kind is CellKind.CROSS_LANGUAGE:
             return f"language/{self.task}-{self.source_lang}-to-{self.lang}/{s}"
         return f"zero/{self.task}-{self.source_lang}-to-{self.lang}/{self.lang_segment}/{s}"
 
@@ -193,9 +214,9 @@ class GridConfig(ConfigBase):
         which follow from the cells, aside)."""
         exp = self.experiment
         data: dict[str, Any]
-        if cell.kind == "lang":
+        if cell.kind is CellKind.LANGUAGE_PROMPT:
             data = dataclasses.asdict(self.language_config(cell.lang, cell.method, cell.seed))
-        elif cell.kind == "zero":
+        elif cell.kind is CellKind.ZERO_SHOT:
             assert cell.task is not None
             run = exp.run_config(cell.task, cell.lang, cell.method, cell.seed)
             data = {
@@ -206,7 +227,7 @@ class GridConfig(ConfigBase):
         else:
             assert cell.task is not None
             run = self.run_config(cell.task, cell.lang, cell.method, cell.seed)
-            if cell.kind != "base":
+            if cell.kind is not CellKind.BASELINE:
                 run = dataclasses.replace(run, baseline=self.transfer.evaluate_init)
             data = run.to_dict()
             data.pop("lang_prompt", None)
@@ -231,11 +252,11 @@ class GridConfig(ConfigBase):
         out: list[Cell] = []
         for seed in exp.seeds:
             for method in exp.methods:
-                out += [Cell("lang", method, seed, lang) for lang in exp.langs]
+                out += [Cell(CellKind.LANGUAGE_PROMPT, method, seed, lang) for lang in exp.langs]
         for seed in exp.seeds:
             for method in exp.methods:
                 out += [
-                    Cell("base", method, seed, lang, task)
+                    Cell(CellKind.BASELINE, method, seed, lang, task)
                     for lang in exp.langs
                     for task in tasks
                     if self._present(task, lang)
@@ -244,7 +265,15 @@ class GridConfig(ConfigBase):
             for method in exp.methods:
                 if spec.cross_task:
                     out += [
-                        Cell("task", method, seed, lang, tgt, source_task=src, source_lang=lang)
+                        Cell(
+                            CellKind.CROSS_TASK,
+                            method,
+                            seed,
+                            lang,
+                            tgt,
+                            source_task=src,
+                            source_lang=lang,
+                        )
                         for lang in exp.langs
                         for src in sources
                         for tgt in targets
@@ -252,7 +281,15 @@ class GridConfig(ConfigBase):
                     ]
                 if spec.cross_lang:
                     out += [
-                        Cell("language", method, seed, tgt, task, source_task=task, source_lang=src)
+                        Cell(
+                            CellKind.CROSS_LANGUAGE,
+                            method,
+                            seed,
+                            tgt,
+                            task,
+                            source_task=task,
+                            source_lang=src,
+                        )
                         for task in lang_tasks
                         for src in exp.langs
                         for tgt in exp.langs
@@ -261,7 +298,7 @@ class GridConfig(ConfigBase):
                 if spec.zero_shot:
                     out += [
                         Cell(
-                            "zero",
+                            CellKind.ZERO_SHOT,
                             method,
                             seed,
                             tgt,
@@ -286,36 +323,40 @@ class GridConfig(ConfigBase):
 
     def dependencies(self, cell: Cell) -> list[Cell]:
         m, s = cell.method, cell.seed
-        if cell.kind == "lang":
+        if cell.kind is CellKind.LANGUAGE_PROMPT:
             return []
-        if cell.kind == "base":
-            return [Cell("lang", m, s, cell.lang)]
+        if cell.kind is CellKind.BASELINE:
+            return [Cell(CellKind.LANGUAGE_PROMPT, m, s, cell.lang)]
         assert cell.task is not None and cell.source_lang is not None
-        source = Cell("base", m, s, cell.source_lang, cell.source_task)
-        target = Cell("base", m, s, cell.lang, cell.task)
-        if cell.kind == "task":
+        source = Cell(CellKind.BASELINE, m, s, cell.source_lang, cell.source_task)
+        target = Cell(CellKind.BASELINE, m, s, cell.lang, cell.task)
+        if cell.kind is CellKind.CROSS_TASK:
             return [source, target]
-        if cell.kind == "language":
-            return [source, Cell("lang", m, s, cell.lang), target]
-        return [source, Cell("lang", m, s, cell.lang), target]  # zero: Δ vs the target's own
+        if cell.kind is CellKind.CROSS_LANGUAGE:
+            return [source, Cell(CellKind.LANGUAGE_PROMPT, m, s, cell.lang), target]
+        return [
+            source,
+            Cell(CellKind.LANGUAGE_PROMPT, m, s, cell.lang),
+            target,
+        ]  # zero: Δ vs the target's own
 
     # -- where things go -------------------------------------------------------------------
     def path(self, cell: Cell) -> Path:
         bank = self.out / "bank"
         suffix = f"{cell.method}-s{cell.seed}"
-        if cell.kind == "lang":
+        if cell.kind is CellKind.LANGUAGE_PROMPT:
             return bank / f"lang-{cell.lang}-{suffix}"
-        if cell.kind == "base":
+        if cell.kind is CellKind.BASELINE:
             return bank / f"{cell.task}-{cell.lang}-{suffix}"
-        if cell.kind == "task":
+        if cell.kind is CellKind.CROSS_TASK:
             return self.out / "transfer" / f"{cell.source_task}-to-{cell.task}-{cell.lang}-{suffix}"
-        if cell.kind == "language":
+        if cell.kind is CellKind.CROSS_LANGUAGE:
             return self.out / "transfer" / f"{cell.task}-{cell.source_lang}-to-{cell.lang}-{suffix}"
         return self.out / "zero-shot" / f"{cell.name.replace('/', '_')}.json"
 
     def run_config(self, task: str, lang: str, method: str, seed: int) -> RunConfig:
         cfg = self.experiment.run_config(task, lang, method, seed)
-        lang_prompt = self.path(Cell("lang", method, seed, lang))
+        lang_prompt = self.path(Cell(CellKind.LANGUAGE_PROMPT, method, seed, lang))
         return dataclasses.replace(cfg, lang_prompt=str(lang_prompt))
 
     def language_config(self, lang: str, method: str, seed: int) -> LanguagePromptConfig:
@@ -418,7 +459,11 @@ class _Runner:
     def exists(self, cell: Cell) -> bool:
         """Whether the cell's output is on disk (from this or an earlier configuration)."""
         path = self.grid.path(cell)
-        return (path / "prompt.json").exists() if cell.kind != "zero" else path.exists()
+        return (
+            (path / "prompt.json").exists()
+            if cell.kind is not CellKind.ZERO_SHOT
+            else path.exists()
+        )
 
     def done(self, cell: Cell) -> bool:
         return self.exists(cell) and self.db.has(self.grid.key(cell))
@@ -435,114 +480,21 @@ class _Runner:
         path = grid.path(cell)
         started = time.perf_counter()
         self.log(f"[{grid.name}] {cell.name}")
-        metrics: dict[str, Any]
-        if cell.kind == "lang":
-            res = train_language_prompt(
-                grid.language_config(cell.lang, cell.method, cell.seed),
-                path,
-                handle=self.handle,
-                db=self.db,
-                progress=self.progress,
-                overwrite=True,  # the grid owns its folder; a cell not done is (re)built
-            )
-            metrics = {
-                "heldout_loss_untrained": res.heldout_loss_before,
-                "heldout_loss": res.heldout_loss_after,
-            }
-            score = -res.heldout_loss_after if res.heldout_loss_after is not None else None
-            self.log(f"    {res.describe()} ({res.steps} steps)")
-        elif cell.kind == "base":
-            assert cell.task is not None
-            cfg = grid.run_config(cell.task, cell.lang, cell.method, cell.seed)
-            run = train_run(
-                cfg, path, handle=self.handle, db=self.db, progress=self.progress, overwrite=True
-            )
-            untrained = run.metrics.get("untrained_test", {})
-            metrics = {
-                **run.metrics["test"],
-                "untrained": run.untrained.score if run.untrained else None,
-                "untrained_ci": untrained.get("ci"),
-                "untrained_examples": untrained.get("examples"),
-                "gain": run.metrics.get("gain"),
-                "dev_best": run.metrics.get("dev_best"),
-            }
-            score = run.trained.score
-            self.log(f"    test {100 * score:.1f} ({run.steps} steps, {run.seconds:.0f}s)")
-        elif cell.kind in ("task", "language"):
-            assert cell.task is not None and cell.source_task is not None
-            assert cell.source_lang is not None
-            source = grid.path(
-                Cell("base", cell.method, cell.seed, cell.source_lang, cell.source_task)
-            )
-            baseline = grid.path(Cell("base", cell.method, cell.seed, cell.lang, cell.task))
-            lang_prompt = (
-                grid.path(Cell("lang", cell.method, cell.seed, cell.lang))
-                if cell.kind == "language"
-                else None
-            )
-            cfg = grid.run_config(cell.task, cell.lang, cell.method, cell.seed)
-            cfg = dataclasses.replace(cfg, baseline=grid.transfer.evaluate_init)
-            moved = transfer_run(
-                source,
-                cfg,
-                path,
-                lang_prompt=lang_prompt,
-                baseline_dir=baseline,
-                handle=self.handle,
-                db=None,
-                progress=self.progress,
-                overwrite=True,
-            )
-            test = moved.run.metrics["test"]
-            metrics = {
-                **moved.to_dict(),
-                "n": test.get("n"),
-                "ci": test.get("ci"),
-                "examples": test.get("examples"),
-            }
-            score = moved.score
-            delta = "" if moved.delta is None else f" ({100 * moved.delta:+.1f} vs baseline)"
-            self.log(f"    test {100 * moved.score:.1f}{delta}")
-        else:
-            assert cell.task is not None and cell.source_lang is not None
-            source = grid.path(Cell("base", cell.method, cell.seed, cell.source_lang, cell.task))
-            target_lang = grid.path(Cell("lang", cell.method, cell.seed, cell.lang))
-            result = zero_shot(
-                source,
-                cell.task,
-                cell.lang,
-                lang_segment="target" if cell.lang_segment == "target" else "source",
-                lang_prompt=target_lang,
-                limit=exp.test_limit,
-                data_dir=exp.data_dir,
-                eval_config=exp.run_config(cell.task, cell.lang, cell.method, cell.seed).eval,
-                handle=self.handle,
-            )
-            metrics = {**result.summary(), **result.extra}
-            # zero-shot − the target's own trained prompt, paired over the same test examples
-            baseline = grid.path(Cell("base", cell.method, cell.seed, cell.lang, cell.task))
-            if (baseline / "prompt.json").exists():
-                from promptatlas.bank import read_metadata
-                from promptatlas.evaluation.evaluate import paired_gain, stored_examples
-
-                base_meta = read_metadata(baseline).metrics
-                metrics["baseline"] = base_meta.get("test", {}).get("score")
-                metrics["delta_ci"] = paired_gain(
-                    result.examples, stored_examples(base_meta.get("test"))
-                )
-            score = result.score
-            from promptatlas.runs.train import dump_json
-
-            path.parent.mkdir(parents=True, exist_ok=True)
-            dump_json(path, {"cell": cell.name, "metrics": metrics})
-            self.log(f"    zero-shot {100 * score:.1f}")
+        run_kind = {
+            CellKind.LANGUAGE_PROMPT: self._language_prompt,
+            CellKind.BASELINE: self._baseline,
+            CellKind.CROSS_TASK: self._transfer,
+            CellKind.CROSS_LANGUAGE: self._transfer,
+            CellKind.ZERO_SHOT: self._zero_shot,
+        }[cell.kind]
+        metrics, score = run_kind(cell, path)
         self.db.record(
             kind=f"grid-{cell.kind}",
             model=exp.model,
             task=cell.task,
             lang=cell.lang,
             method=cell.method,
-            split="heldout" if cell.kind == "lang" else "test",
+            split="heldout" if cell.kind is CellKind.LANGUAGE_PROMPT else "test",
             metrics={**metrics, "cell": dataclasses.asdict(cell)},
             score=score,
             config={"grid": grid.name, "cell": dataclasses.asdict(cell)},
@@ -552,6 +504,114 @@ class _Runner:
         )
         self.trained += 1
         self.log(f"    {time.perf_counter() - started:.0f}s")
+
+    # One method per cell kind: (metrics, score) of the cell written to ``path``.
+
+    def _language_prompt(self, cell: Cell, path: Path) -> tuple[dict[str, Any], float | None]:
+        res = train_language_prompt(
+            self.grid.language_config(cell.lang, cell.method, cell.seed),
+            path,
+            handle=self.handle,
+            db=self.db,
+            progress=self.progress,
+            overwrite=True,  # the grid owns its folder; a cell not done is (re)built
+        )
+        metrics = {
+            "heldout_loss_untrained": res.heldout_loss_before,
+            "heldout_loss": res.heldout_loss_after,
+        }
+        self.log(f"    {res.describe()} ({res.steps} steps)")
+        return metrics, -res.heldout_loss_after if res.heldout_loss_after is not None else None
+
+    def _baseline(self, cell: Cell, path: Path) -> tuple[dict[str, Any], float | None]:
+        assert cell.task is not None
+        cfg = self.grid.run_config(cell.task, cell.lang, cell.method, cell.seed)
+        run = train_run(
+            cfg, path, handle=self.handle, db=self.db, progress=self.progress, overwrite=True
+        )
+        untrained = run.metrics.get("untrained_test", {})
+        metrics = {
+            **run.metrics["test"],
+            "untrained": run.untrained.score if run.untrained else None,
+            "untrained_ci": untrained.get("ci"),
+            "untrained_examples": untrained.get("examples"),
+            "gain": run.metrics.get("gain"),
+            "dev_best": run.metrics.get("dev_best"),
+        }
+        score = run.trained.score
+        self.log(f"    test {100 * score:.1f} ({run.steps} steps, {run.seconds:.0f}s)")
+        return metrics, score
+
+    def _transfer(self, cell: Cell, path: Path) -> tuple[dict[str, Any], float | None]:
+        """Cross-task or cross-language transfer (the language segment is the target's own
+        for cross-language cells)."""
+        grid = self.grid
+        assert cell.task is not None and cell.source_task is not None
+        assert cell.source_lang is not None
+        source = grid.path(
+            Cell(CellKind.BASELINE, cell.method, cell.seed, cell.source_lang, cell.source_task)
+        )
+        baseline = grid.path(Cell(CellKind.BASELINE, cell.method, cell.seed, cell.lang, cell.task))
+        lang_prompt = (
+            grid.path(Cell(CellKind.LANGUAGE_PROMPT, cell.method, cell.seed, cell.lang))
+            if cell.kind is CellKind.CROSS_LANGUAGE
+            else None
+        )
+        cfg = grid.run_config(cell.task, cell.lang, cell.method, cell.seed)
+        cfg = dataclasses.replace(cfg, baseline=grid.transfer.evaluate_init)
+        moved = transfer_run(
+            source,
+            cfg,
+            path,
+            lang_prompt=lang_prompt,
+            baseline_dir=baseline,
+            handle=self.handle,
+            db=None,
+            progress=self.progress,
+            overwrite=True,
+        )
+        test = moved.run.metrics["test"]
+        metrics = {
+            **moved.to_dict(),
+            "n": test.get("n"),
+            "ci": test.get("ci"),
+            "examples": test.get("examples"),
+        }
+        delta = "" if moved.delta is None else f" ({100 * moved.delta:+.1f} vs baseline)"
+        self.log(f"    test {100 * moved.score:.1f}{delta}")
+        return metrics, moved.score
+
+    def _zero_shot(self, cell: Cell, path: Path) -> tuple[dict[str, Any], float | None]:
+        grid, exp = self.grid, self.grid.experiment
+        assert cell.task is not None and cell.source_lang is not None
+        source = grid.path(
+            Cell(CellKind.BASELINE, cell.method, cell.seed, cell.source_lang, cell.task)
+        )
+        target_lang = grid.path(Cell(CellKind.LANGUAGE_PROMPT, cell.method, cell.seed, cell.lang))
+        result = zero_shot(
+            source,
+            cell.task,
+            cell.lang,
+            lang_segment="target" if cell.lang_segment == "target" else "source",
+            lang_prompt=target_lang,
+            limit=exp.test_limit,
+            data_dir=exp.data_dir,
+            eval_config=exp.run_config(cell.task, cell.lang, cell.method, cell.seed).eval,
+            handle=self.handle,
+        )
+        metrics = {**result.summary(), **result.extra}
+        # zero-shot − the target's own trained prompt, paired over the same test examples
+        baseline = grid.path(Cell(CellKind.BASELINE, cell.method, cell.seed, cell.lang, cell.task))
+        if (baseline / "prompt.json").exists():
+            base_meta = read_metadata(baseline).metrics
+            metrics["baseline"] = base_meta.get("test", {}).get("score")
+            metrics["delta_ci"] = paired_gain(
+                result.examples, stored_examples(base_meta.get("test"))
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"cell": cell.name, "metrics": metrics})
+        self.log(f"    zero-shot {100 * result.score:.1f}")
+        return metrics, result.score
 
 
 def _analyse(
