@@ -17,6 +17,7 @@ from promptatlas.analysis.indicators import (
     masked_on,
     on_indicators,
     pairwise_indicators,
+    probe_prompt_indicators,
     probe_skill_indicators,
     prompt_matrix,
     prompt_states,
@@ -210,3 +211,19 @@ def test_pairwise_indicators_and_probe(tiny_handles: dict[str, Any]) -> None:
     assert all(0 <= v <= 1 for v in probe["skill_overlap"].values())
     ranked = suggest(probe["skill_corr"], indicator="skill_corr", top=1)
     assert len(ranked) == 1
+
+
+def test_probe_prompt_indicators(tiny_handles: dict[str, Any]) -> None:
+    handle = tiny_handles["tiny-gemma3"]
+    fmt = TaskFormatter(handle.tokenizer, get_task("sa", "en"))
+    prompts = []
+    for seed in range(3):
+        p = SoftPrompt(PromptConfig(method="v1", length=3), handle.geometry)
+        p.initialise(handle, generator=torch.Generator().manual_seed(seed))
+        prompts.append(p)
+    out = probe_prompt_indicators(
+        handle, prompts[0], {"same": prompts[0], "other": prompts[1]}, fmt
+    )
+    assert out["cos_flat"]["same"] == pytest.approx(1.0)
+    assert out["on_all"]["same"] == pytest.approx(1.0)
+    assert suggest(out["on_all"], top=1)[0].source == "same"

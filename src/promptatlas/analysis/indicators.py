@@ -16,9 +16,11 @@ measured transfer T(s→t) = score(P_s on t) / score(P_t on t):
 
 :func:`indicator_correlation` gives, per target, Spearman ρ over the sources of (indicator,
 transfer), their mean ± std, and a pooled ρ (with p) over all pairs; NaN pairs are skipped and
-counted. :func:`suggest` ranks candidate sources for a target by an indicator, and
-:func:`probe_skill_indicators` computes the skill-neuron indicators for a *new* task before any
-transfer training (it needs a few labelled training and held-out examples of the new task).
+counted. :func:`suggest` ranks candidate sources for a target by an indicator. For a *new*
+task, before any transfer training: :func:`probe_skill_indicators` computes the skill-neuron
+indicators (it needs a few labelled training and held-out examples of the new task and no
+prompt for it), :func:`probe_prompt_indicators` the embedding and ON indicators (they need a
+probe prompt of the new task, e.g. one trained for a few steps).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ __all__ = [
     "masked_on",
     "on_indicators",
     "pairwise_indicators",
+    "probe_prompt_indicators",
     "probe_skill_indicators",
     "prompt_matrix",
     "prompt_states",
@@ -449,4 +452,27 @@ def probe_skill_indicators(
         t_set = select_skill_neurons(probe, p, scope=scope)
         out["skill_overlap"][name] = skill_overlap(s_set, t_set)
         out["skill_corr"][name] = predictivity_correlation(source_pred, probe)
+    return out
+
+
+def probe_prompt_indicators(
+    handle: ModelHandle,
+    probe: SoftPrompt,
+    sources: Mapping[str, SoftPrompt],
+    separator: TaskFormatter | Sequence[int],
+    *,
+    state: str = "down_input",
+    window: int = 3,
+    segment: str | None = "task",
+) -> dict[str, dict[str, float]]:
+    """Embedding and ON indicators between each source prompt and a probe prompt of the new
+    task (a prompt trained briefly on it): {indicator: {source: value}}."""
+    out: dict[str, dict[str, float]] = {}
+    states = prompt_states(handle, {"__probe__": probe, **sources}, separator, state=state)
+    for name, prompt in sources.items():
+        for kind in EMBEDDING_INDICATORS:
+            value = embedding_similarity(prompt, probe, kind, segment=segment)
+            out.setdefault(kind, {})[name] = value
+        for kind, value in on_indicators(states[name], states["__probe__"], window=window).items():
+            out.setdefault(kind, {})[name] = value
     return out

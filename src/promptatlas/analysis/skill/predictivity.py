@@ -538,6 +538,11 @@ def neuron_predictivity(
         n_train=len(train),
         n_dev=len(dev),
         name=name or formatter.task.name,
+        meta={
+            "model": handle.name,
+            "model_fingerprint": handle.fingerprint,
+            "prompts": [None if p is None else p.method for p in seeds],
+        },
     )
 
 

@@ -189,6 +189,8 @@ def read_neurons(
     if state not in STATES:
         raise ValueError(f"state must be one of {', '.join(STATES)}, got {state!r}")
     chosen = sorted(set(layers))
+    if not chosen:
+        return
     if state == "down_input":
         capture_layers(
             plm,
