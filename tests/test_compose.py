@@ -664,3 +664,50 @@ def test_amp_warm_start_with_an_added_task(tiny_handles: dict[str, Any]) -> None
     )
     torch.testing.assert_close(second.module.w_q, first.module.w_q, atol=1e-6, rtol=0)
     assert second.attention.shape == (3, 3)
+
+
+def test_module_scores_equal_the_blockwise_oracle(tiny_handles: dict[str, Any]) -> None:
+    from promptatlas.compose import build_attention
+
+    handle = tiny_handles["tiny-llama"]
+    sources = _sources(handle, method="v2")
+    _, module = build_attention(sources, AMPConfig(k=5))
+    p = module.sources.transpose(0, 1)
+    with torch.no_grad():
+        scores = module.scores()
+        for g in range(p.shape[0]):
+            q = p[g] @ module.w_q[g]
+            k = p[g] @ module.w_k[g]
+            torch.testing.assert_close(scores[g], dam_scores_blockwise(q, k), atol=1e-5, rtol=1e-5)
+
+
+def test_attempt_gradients_reach_only_the_mixer(tiny_handles: dict[str, Any]) -> None:
+    from promptatlas.compose.common import EncodedTask
+
+    handle = tiny_handles["tiny-gpt2"]
+    plm = _attempt_lm(handle)
+    enc = EncodedTask(_data(handle, "sa"), "rank", "v1")
+    enc.loss(plm, [0, 1, 2]).backward()
+    assert all(p.grad is not None for p in plm.mixer.parameters())
+    assert all(p.grad is None for p in handle.model.parameters())
+    assert plm.prompt is not None and all(p.grad is None for p in plm.prompt.parameters())
+    plm.mixer.zero_grad(set_to_none=True)
+
+
+def test_attempt_pooling_mask_hides_target_tokens(tiny_handles: dict[str, Any]) -> None:
+    handle = tiny_handles["tiny-llama"]
+    plm = _attempt_lm(handle)
+    ids = torch.tensor([[5, 6, 7, 250, 251]])
+    other = torch.tensor([[5, 6, 7, 100, 101]])  # another "answer"
+    mask = torch.ones_like(ids)
+    context = torch.tensor([[1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        a, b = plm.row_prompts(ids, context), plm.row_prompts(other, context)
+        with plm.pooling(context):
+            ha = plm.forward(ids, mask).hidden
+            hb = plm.forward(other, mask).hidden
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ha[:, :3], hb[:, :3])  # causal: same until the answer starts
+    with torch.no_grad():  # pooling over the whole row would let the answer in
+        leaky = plm.forward(ids, mask).hidden
+    assert not torch.allclose(leaky[:, :3], ha[:, :3])
