@@ -652,3 +652,58 @@ def test_keep_by_predictivity_and_random_keep(tiny_handles: dict[str, Any]) -> N
     batch = _sa_batch(handle)
     plm = PromptedLM(pruned.handle)
     assert forward_time(lambda: plm.forward(batch.input_ids, batch.attention_mask)) > 0
+
+
+def test_reference_mode_gate_state_and_union_end_to_end(tiny_handles: dict[str, Any]) -> None:
+    handle = tiny_handles["tiny-llama"]
+    fmt = _fmt(handle, "nli")
+    labels = fmt.task.labels
+    subs = reference_subtasks(labels, "entailment", "contradiction", "neutral")
+    train = load_split("nli", "en", "train", limit=12)
+    dev = load_split("nli", "en", "dev", limit=12)
+    pred = neuron_predictivity(
+        handle, _prompt(handle), fmt, train, dev, subtasks=subs, state="gate", position="input_max"
+    )
+    assert pred.per_subtask.shape == (1, 2, handle.geometry.n_layers, handle.geometry.d_ffn)
+    assert pred.subtasks == ("entailment-vs-contradiction", "neutral-vs-rest")
+    union = select_skill_neurons(pred, 0.05, union=True)
+    k = select_count(0.05, pred.d_ffn)
+    assert all(len(v) == 2 * k and len(set(v.tolist())) == 2 * k for v in union.neurons.values())
+    with pytest.raises(ValueError, match="state 'gate'"):
+        pruning_means(pred, "tokens")
+    plm = PromptedLM(handle, _prompt(handle))
+    with pytest.raises(ValueError, match="gate"):
+        measure_perturbation(plm, fmt, dev, union, mode="mean", predictivity=pred, n_random=0)
+
+
+def test_p_zero_perturbs_nothing(tiny_handles: dict[str, Any]) -> None:
+    handle = tiny_handles["tiny-gpt2"]
+    fmt = _fmt(handle)
+    pred = neuron_predictivity(
+        handle,
+        None,
+        fmt,
+        load_split("sa", "en", "train", limit=6),
+        load_split("sa", "en", "dev", limit=6),
+    )
+    skill = select_skill_neurons(pred, 0.0)
+    assert skill.total == 0
+    res = measure_perturbation(
+        PromptedLM(handle), fmt, load_split("sa", "en", "test", limit=4), skill, n_random=1
+    )
+    assert res.skill_drop.value == 0.0 and res.random_drop[0].value == 0.0
+
+
+def test_pruned_model_evaluates(tiny_handles: dict[str, Any]) -> None:
+    from promptatlas.evaluation import evaluate
+
+    handle = tiny_handles["tiny-gemma3"]
+    fmt = _fmt(handle)
+    keep = random_keep(handle.geometry.d_ffn, default_prune_layers(handle.geometry.n_layers), 0.25)
+    pruned = prune_ffn(handle, keep)
+    prompt = _prompt(handle)
+    test = load_split("sa", "en", "test", limit=4)
+    result = evaluate(PromptedLM(pruned.handle, prompt), fmt, test, EvalConfig(batch_size=4))
+    assert result.n == 4 and 0 <= result.score <= 1
+    assert pruned.summary()["kept_per_layer"] == {str(k): len(v) for k, v in keep.items()}
+    assert all((t == 0).all() for t in pruned.folded.values())  # μ = 0: nothing folded
