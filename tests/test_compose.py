@@ -711,3 +711,28 @@ def test_attempt_pooling_mask_hides_target_tokens(tiny_handles: dict[str, Any]) 
     with torch.no_grad():  # pooling over the whole row would let the answer in
         leaky = plm.forward(ids, mask).hidden
     assert not torch.allclose(leaky[:, :3], ha[:, :3])
+
+
+def test_computed_prompt_trains_with_the_standard_trainer(tiny_handles: dict[str, Any]) -> None:
+    from promptatlas.compose import ComputedPrompt, build_attention
+    from promptatlas.compose.amp import _Target
+    from promptatlas.training import train_prompt
+
+    handle = tiny_handles["tiny-llama"]
+    sources = _sources(handle)
+    _, module = build_attention(sources, AMPConfig(k=4))
+    prompt = ComputedPrompt(sources[0].prompt, _Target(module, 0, "v1", "shared"))
+    assert prompt.num_parameters(trainable_only=True) == module.num_parameters()
+    state = prompt.state_tensors()
+    assert "producer.attention.w_q" in state and "producer.attention.sources" in state
+    data = _data(handle, "sa")
+    cfg = TrainConfig(steps=3, batch_size=4, lr=0.05, warmup=0.0, eval_every=1, checkpoint_every=0)
+    result = train_prompt(
+        PromptedLM(handle, prompt), data.formatter, list(data.train), cfg,
+        dev=list(data.dev), progress=False,
+    )  # fmt: skip
+    assert result.best_step is not None
+    best = prompt.state_tensors()
+    assert not torch.equal(best["producer.attention.w_q"], state["producer.attention.w_q"])
+    prompt.load_state_tensors(state)  # back to the start
+    torch.testing.assert_close(module.w_q.detach(), state["producer.attention.w_q"])

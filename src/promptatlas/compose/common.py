@@ -272,6 +272,32 @@ class ComputedPrompt(SoftPrompt):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.producer.parameters() if p.requires_grad]
 
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(
+            p.numel() for p in self.producer.parameters() if p.requires_grad or not trainable_only
+        )
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Copies of the segments and of the producer's state ("producer." keys), so the
+        trainer's best-state snapshots and checkpoints hold what actually trains."""
+        out = super().state_tensors()
+        out.update(
+            {
+                f"producer.{k}": v.detach().cpu().clone()
+                for k, v in self.producer.state_dict().items()
+            }
+        )
+        return out
+
+    def load_state_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        super().load_state_tensors(
+            {k: v for k, v in tensors.items() if not k.startswith("producer.")}
+        )
+        state = {k[len("producer.") :]: v for k, v in tensors.items() if k.startswith("producer.")}
+        if state:
+            with torch.no_grad():
+                self.producer.load_state_dict(state, strict=True)
+
     def to_soft_prompt(self) -> SoftPrompt:
         """A plain, detached prompt holding the current values (storable in the bank); the
         composed segment is marked trainable (it is the part the method produced)."""
