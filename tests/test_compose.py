@@ -736,3 +736,23 @@ def test_computed_prompt_trains_with_the_standard_trainer(tiny_handles: dict[str
     assert not torch.equal(best["producer.attention.w_q"], state["producer.attention.w_q"])
     prompt.load_state_tensors(state)  # back to the start
     torch.testing.assert_close(module.w_q.detach(), state["producer.attention.w_q"])
+
+
+def test_save_subspace_never_replaces_a_foreign_directory(
+    tiny_handles: dict[str, Any], tmp_path: Any
+) -> None:
+    from promptatlas.compose import save_subspace
+    from promptatlas.outputs import OutputPathError
+
+    handle = tiny_handles["tiny-gpt2"]
+    subspace = fit_ipt(
+        handle, _sources(handle, ("sa",)), {}, IPTConfig(intrinsic_dim=1, task_loss=False, steps=1)
+    )
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    with pytest.raises(OutputPathError):
+        save_subspace(subspace, foreign)
+    assert (foreign / "keep.txt").read_text() == "mine"
+    out = save_subspace(subspace, tmp_path / "ipt")
+    assert save_subspace(subspace, out) == out  # its own directory is replaced

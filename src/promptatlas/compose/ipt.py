@@ -558,13 +558,17 @@ def save_subspace(subspace: IntrinsicSubspace, directory: Any, *, extra: Any = N
     template segments, intrinsic vectors; ``subspace.json``: sizes, prompt config, geometry,
     keys, fit config and history), written beside the target and renamed into place."""
     import dataclasses as dc
-    from pathlib import Path
 
     from safetensors.torch import save_file
 
     from promptatlas.io import atomic_directory, dumps_json
+    from promptatlas.outputs import check_output_path
 
-    target = Path(directory).expanduser().absolute()
+    # Replaced as a whole: an existing directory must be empty or a subspace directory.
+    target = check_output_path(
+        directory, kind="directory", what="IPT subspace directory",
+        owned_files=(SUBSPACE_TENSORS, SUBSPACE_METADATA),
+    )  # fmt: skip
     tensors = {
         f"autoencoder.{k}": v.detach().cpu().contiguous()
         for k, v in subspace.autoencoder.state_dict().items()
