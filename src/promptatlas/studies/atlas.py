@@ -18,6 +18,7 @@ Analyses never train anything and read prompts only through the bank.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import zlib
@@ -30,11 +31,15 @@ from typing import Any
 import torch
 import yaml
 
-from promptatlas.bank import (
-    PromptMetadata,
-    list_prompts,
-    load_prompt,
+from promptatlas.analysis.attention import (
+    AttentionChangeResult,
+    AttentionVariabilityResult,
+    CorrelationReport,
 )
+from promptatlas.analysis.geometry import IsotropyResult, LabelSpaceResult
+from promptatlas.analysis.neurons import OnScores
+from promptatlas.analysis.pca import PcaPanel
+from promptatlas.bank import PromptMetadata, list_prompts, load_prompt
 from promptatlas.configtools import ConfigBase, ConfigError, Precision
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.io import write_csv_atomic, write_json_atomic, write_text_atomic
@@ -44,13 +49,27 @@ from promptatlas.tasks import Example, TaskVariant, get_task, load_split
 
 __all__ = [
     "AnalysisConfig",
+    "AttentionAtlas",
     "BankEntry",
+    "GeometryAtlas",
+    "NeuronAtlas",
+    "OnTransfer",
+    "PcaAtlas",
+    "PromptInfo",
     "analyze_attention",
     "analyze_geometry",
     "analyze_neurons",
     "analyze_pca",
+    "compute_attention",
+    "compute_geometry",
+    "compute_neurons",
+    "compute_pca",
     "load_bank",
     "select_compression_layers",
+    "write_attention",
+    "write_geometry",
+    "write_neurons",
+    "write_pca",
 ]
 
 Log = Callable[[str], Any]
@@ -275,7 +294,7 @@ def _select_runs(result: Any, pick: Mapping[str, str], fields: Sequence[str]) ->
     )
 
 
-def _style(entries: Sequence[BankEntry]) -> dict[str, dict[str, str]]:
+def _style(entries: Sequence[BankEntry | PromptInfo]) -> dict[str, dict[str, str]]:
     return {
         e.name: {"task": e.task or "lang", "lang": e.lang or "", "method": e.method}
         for e in entries
@@ -321,7 +340,54 @@ def _source_of(entry: BankEntry, entries: Sequence[BankEntry]) -> BankEntry | No
     return _plain_task_prompt(entries, task or None, lang or None, entry.method)
 
 
+# -- what the writers know about a prompt ----------------------------------------------------
+@dataclass(frozen=True)
+class PromptInfo:
+    """What the atlas writers need to know about one analysed prompt (no tensors)."""
+
+    name: str
+    task: str | None
+    lang: str | None
+    method: str
+    path: Path
+    transfer_kind: str | None = None  # "task" / "language" for a transferred prompt
+    transferred: bool = False
+    pair_input: bool = False  # a task whose examples have two input texts
+
+    @classmethod
+    def of(cls, entry: BankEntry) -> PromptInfo:
+        return cls(
+            name=entry.name,
+            task=entry.task,
+            lang=entry.lang,
+            method=entry.method,
+            path=entry.path,
+            transfer_kind=entry.transfer_kind,
+            transferred=bool(entry.transfer),
+            pair_input=entry.task is not None and _pair_task(entry),
+        )
+
+
 # -- attention -------------------------------------------------------------------------------
+def _layer_columns(n_layers: int) -> list[str]:
+    return [f"L{i}" for i in range(n_layers)]
+
+
+@dataclass
+class AttentionAtlas:
+    """Attention of a set of task prompts on one model: the base model's variability per head
+    on each input set, each prompt's KL(prompted ‖ base) per head and their correlation."""
+
+    model: str
+    n_layers: int
+    config: AnalysisConfig
+    prompts: list[PromptInfo]
+    variability: dict[str, AttentionVariabilityResult]  # input set → result
+    kl: dict[str, AttentionChangeResult]  # prompt → result
+    correlation: dict[str, CorrelationReport]  # prompt → variability vs KL
+    inputs_of: dict[str, str]  # prompt → its input set
+
+
 def analyze_attention(
     entries: Sequence[BankEntry],
     handle: ModelHandle,
@@ -331,24 +397,33 @@ def analyze_attention(
     log: Log = print,
 ) -> dict[str, Any]:
     """Variability, KL change and their correlation (see the module docstring)."""
+    return write_attention(compute_attention(entries, handle, cfg, log=log), out, log=log)
+
+
+def compute_attention(
+    entries: Sequence[BankEntry],
+    handle: ModelHandle,
+    cfg: AnalysisConfig | None = None,
+    *,
+    log: Log = print,
+) -> AttentionAtlas:
+    """:class:`AttentionAtlas` of the task prompts among ``entries``; writes nothing."""
     from promptatlas.analysis.attention import (
         AttentionChange,
         AttentionVariability,
         correlate_heads,
     )
     from promptatlas.analysis.capture import run_reducers
-    from promptatlas.report import analysis as fig
 
     cfg = cfg or AnalysisConfig()
-    out = Path(out)
     tasks = _task_entries(entries)
     if not tasks:
         raise ValueError("no task prompts to analyse (language prompts have no task inputs)")
     inputs = _Inputs(cfg)
-    variability: dict[str, Any] = {}
-    kl: dict[str, Any] = {}
-    corr: dict[str, Any] = {}
-    group_of: dict[str, str] = {}
+    result = AttentionAtlas(
+        handle.name, handle.geometry.n_layers, cfg, [PromptInfo.of(e) for e in tasks], {}, {}, {},
+        {},
+    )  # fmt: skip
     layers = list(range(handle.geometry.n_layers))
     for group, members in _by_inputs(tasks).items():
         # One run per input set: the base model's passes are shared by all its prompts.
@@ -360,16 +435,39 @@ def analyze_attention(
         models = {"base": _plm(handle, None, cfg)}
         models.update({f"p:{e.name}": _plm(handle, e.prompt, cfg) for e in members})
         run_reducers(models, batches, [var, *changes.values()])
-        variability[group] = var.result()
+        result.variability[group] = var.result()
         for e in members:
-            group_of[e.name] = group
-            kl[e.name] = changes[e.name].result()
-            corr[e.name] = correlate_heads(
-                variability[group].variability, kl[e.name].kl, groups=cfg.layer_groups
+            result.inputs_of[e.name] = group
+            result.kl[e.name] = changes[e.name].result()
+            result.correlation[e.name] = correlate_heads(
+                result.variability[group].variability, result.kl[e.name].kl, groups=cfg.layer_groups
             )
-    n_layers = handle.geometry.n_layers
-    written: list[Path] = []
-    written.append(
+    return result
+
+
+def write_attention(result: AttentionAtlas, out: str | Path, *, log: Log = print) -> dict[str, Any]:
+    """The attention tables (CSV), figures, ``attention.json`` and ``summary.txt`` of
+    ``result`` in ``out``; returns what ``attention.json`` holds."""
+    out = Path(out)
+    written = _attention_tables(result, out)
+    written += _attention_figures(result, out)
+    data = _attention_data(result)
+    written.append(_json(out / "attention.json", data))
+    written.append(_summary(out / "summary.txt", _attention_summary(result, data)))
+    log(f"  attention: {len(written)} files in {out}")
+    return data
+
+
+def _attention_tables(result: AttentionAtlas, out: Path) -> list[Path]:
+    variability, kl, meta = result.variability, result.kl, {p.name: p for p in result.prompts}
+    rows: list[tuple[Any, ...]] = []
+    for name, rep in result.correlation.items():
+        rows.append((name, "all", "", rep.overall.r, rep.overall.p, rep.overall.n))
+        for layer, c in zip(rep.layers, rep.per_layer, strict=True):
+            rows.append((name, "layer", layer, c.r, c.p, c.n))
+        for g, c in zip(rep.groups, rep.per_group, strict=True):
+            rows.append((name, "group", f"{g[0]}-{g[-1]}", c.r, c.p, c.n))
+    return [
         _csv(
             out / "variability.csv",
             ["inputs", "layer", "head", "variability"],
@@ -379,9 +477,7 @@ def analyze_attention(
                 for i, layer in enumerate(v.layers)
                 for h in range(v.variability.shape[1])
             ),
-        )
-    )
-    written.append(
+        ),
         _csv(
             out / "kl_heads.csv",
             ["prompt", "layer", "head", "kl"],
@@ -391,13 +487,10 @@ def analyze_attention(
                 for i, layer in enumerate(r.layers)
                 for h in range(r.kl.shape[1])
             ),
-        )
-    )
-    meta = {e.name: e for e in tasks}
-    written.append(
+        ),
         _csv(
             out / "kl_per_layer.csv",
-            ["prompt", "task", "lang", "method", "transfer", *[f"L{i}" for i in range(n_layers)]],
+            ["prompt", "task", "lang", "method", "transfer", *_layer_columns(result.n_layers)],
             (
                 (
                     n,
@@ -409,25 +502,23 @@ def analyze_attention(
                 )
                 for n, r in kl.items()
             ),
-        )
-    )
-    rows = []
-    for name, rep in corr.items():
-        rows.append((name, "all", "", rep.overall.r, rep.overall.p, rep.overall.n))
-        for layer, c in zip(rep.layers, rep.per_layer, strict=True):
-            rows.append((name, "layer", layer, c.r, c.p, c.n))
-        for g, c in zip(rep.groups, rep.per_group, strict=True):
-            rows.append((name, "group", f"{g[0]}-{g[-1]}", c.r, c.p, c.n))
-    written.append(
-        _csv(out / "correlation.csv", ["prompt", "scope", "layers", "r", "p", "n"], rows)
-    )
-    # Figures: variability per input set, KL curves, KL heads, correlation scatter.
-    for group, v in variability.items():
-        written.append(fig.plot_variability(v, out / f"variability_{group}.png", title=group))
-    style = _style(tasks)
-    plain = [e for e in tasks if not e.transfer]
-    curves = {e.name: _floats(kl[e.name].per_layer) for e in plain}
-    groups = {e.name: ("pair input" if _pair_task(e) else "single input") for e in plain}
+        ),
+        _csv(out / "correlation.csv", ["prompt", "scope", "layers", "r", "p", "n"], rows),
+    ]
+
+
+def _attention_figures(result: AttentionAtlas, out: Path) -> list[Path]:
+    """Variability per input set, KL curves, KL heads, correlation scatter."""
+    from promptatlas.report import analysis as fig
+
+    written = [
+        fig.plot_variability(v, out / f"variability_{group}.png", title=group)
+        for group, v in result.variability.items()
+    ]
+    style = _style(result.prompts)
+    plain = [p for p in result.prompts if not p.transferred]
+    curves = {p.name: _floats(result.kl[p.name].per_layer) for p in plain}
+    groups = {p.name: ("pair input" if p.pair_input else "single input") for p in plain}
     if curves:
         written.append(
             fig.plot_kl_per_layer(
@@ -435,79 +526,88 @@ def analyze_attention(
                 out / "kl_per_layer.png",
                 styles=style,
                 groups=groups,
-                title=f"Attention change per layer on {handle.name}",
+                title=f"Attention change per layer on {result.model}",
             )
         )
-        written.append(fig.plot_kl_heads({n: kl[n] for n in curves}, out / "kl_heads.png"))
+        written.append(fig.plot_kl_heads({n: result.kl[n] for n in curves}, out / "kl_heads.png"))
     for kind, label in (("task", "task"), ("language", "language")):
-        moved = [e for e in tasks if e.transfer_kind == kind]
+        moved = [p for p in result.prompts if p.transfer_kind == kind]
         if moved:
             written.append(
                 fig.plot_kl_per_layer(
-                    {e.name: _floats(kl[e.name].per_layer) for e in moved},
+                    {p.name: _floats(result.kl[p.name].per_layer) for p in moved},
                     out / f"kl_per_layer_after_{label}_transfer.png",
                     styles=style,
                     title=f"Attention change per layer after {label} sub-prompt transfer",
                 )
             )
-    for entry in tasks:
+    for prompt in result.prompts:
         written.append(
             fig.plot_correlation(
-                variability[group_of[entry.name]],
-                kl[entry.name],
-                corr[entry.name],
-                out / "correlation" / f"{entry.name.replace('/', '_')}.png",
-                title=entry.name,
+                result.variability[result.inputs_of[prompt.name]],
+                result.kl[prompt.name],
+                result.correlation[prompt.name],
+                out / "correlation" / f"{prompt.name.replace('/', '_')}.png",
+                title=prompt.name,
             )
         )
+    return written
+
+
+def _attention_data(result: AttentionAtlas) -> dict[str, Any]:
     by_method: dict[str, list[list[float]]] = defaultdict(list)
-    for e in plain:
-        by_method[e.method].append(curves[e.name])
+    for p in result.prompts:
+        if not p.transferred:
+            by_method[p.method].append(_floats(result.kl[p.name].per_layer))
     mean_curves = {
         m: [sum(c) / len(c) for c in zip(*cs, strict=True)] for m, cs in by_method.items()
     }
-    data = {
-        "model": handle.name,
-        "n_layers": n_layers,
-        "config": cfg.__dict__,
-        "variability_per_layer": {g: _floats(v.per_layer) for g, v in variability.items()},
-        "kl_per_layer": {n: _floats(r.per_layer) for n, r in kl.items()},
+    return {
+        "model": result.model,
+        "n_layers": result.n_layers,
+        "config": result.config.__dict__,
+        "variability_per_layer": {g: _floats(v.per_layer) for g, v in result.variability.items()},
+        "kl_per_layer": {n: _floats(r.per_layer) for n, r in result.kl.items()},
         "mean_kl_per_layer": mean_curves,
         "prompts": {
-            e.name: {
-                "task": e.task,
-                "lang": e.lang,
-                "method": e.method,
-                "transfer": e.transfer_kind,
-                "path": str(e.path),
+            p.name: {
+                "task": p.task,
+                "lang": p.lang,
+                "method": p.method,
+                "transfer": p.transfer_kind,
+                "path": str(p.path),
             }
-            for e in tasks
+            for p in result.prompts
         },
         "correlation": {
             n: {"r": rep.overall.r, "p": rep.overall.p, "n": rep.overall.n}
-            for n, rep in corr.items()
+            for n, rep in result.correlation.items()
         },
     }
-    written.append(_json(out / "attention.json", data))
-    lines = [f"Attention analysis of {len(tasks)} prompts on {handle.name} ({n_layers} layers)."]
-    for g, v in variability.items():
+
+
+def _attention_summary(result: AttentionAtlas, data: Mapping[str, Any]) -> list[str]:
+    n_layers = result.n_layers
+    lines = [
+        f"Attention analysis of {len(result.prompts)} prompts on {result.model} "
+        f"({n_layers} layers)."
+    ]
+    for g, v in result.variability.items():
         pl = _floats(v.per_layer)
         low, high = _argmin(pl), _argmin([-x for x in pl])
         lines.append(
             f"variability {g}: lowest at layer {low} ({pl[low]:.3f}), highest at layer {high} "
             f"({pl[high]:.3f}); thirds {_thirds(pl)}"
         )
-    for m, curve in mean_curves.items():
+    for m, curve in data["mean_kl_per_layer"].items():
         top = sorted(range(n_layers), key=lambda i: -curve[i])[:3]
         lines.append(
             f"{m}: mean KL per layer peaks at layers {top} (max {max(curve):.3f}); "
             f"thirds {_thirds(curve)}"
         )
-    for n, rep in corr.items():
+    for n, rep in result.correlation.items():
         lines.append(f"corr(variability, KL) {n}: r={rep.overall.r:.3f} p={rep.overall.p:.2g}")
-    written.append(_summary(out / "summary.txt", lines))
-    log(f"  attention: {len(written)} files in {out}")
-    return data
+    return lines
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -534,6 +634,31 @@ def _gap(d: Mapping[str, Sequence[float]]) -> list[float]:
 
 
 # -- neurons ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OnTransfer:
+    """Last-layer ON between a transfer's source prompt and the target task's prompt: without
+    transfer (the target's own prompt) and with it (the transferred prompt)."""
+
+    prompt: str
+    source: str
+    baseline: str
+    kind: str | None
+    on_last_without: float
+    on_last_with: float
+    label: str  # "sa-en→nli-en v2"
+
+
+@dataclass
+class NeuronAtlas:
+    """ON scores of a set of task prompts on one model: between the prompts of each method
+    (methods with at least two prompts that were not transferred) and across transfers."""
+
+    model: str
+    prompts: list[PromptInfo]
+    scores: dict[str, OnScores]  # method → pairwise ON per layer
+    transfer: list[OnTransfer]
+
+
 def analyze_neurons(
     entries: Sequence[BankEntry],
     handle: ModelHandle,
@@ -543,15 +668,17 @@ def analyze_neurons(
 ) -> dict[str, Any]:
     """ON scores per layer between all task prompts of each method, and source-vs-target ON
     without and with transfer (last layer, as thesis Figures 24–25)."""
-    from promptatlas.analysis.neurons import activation_states, on_score, on_scores
-    from promptatlas.report import analysis as fig
+    return write_neurons(compute_neurons(entries, handle, log=log), out, log=log)
 
-    out = Path(out)
+
+def compute_neurons(
+    entries: Sequence[BankEntry], handle: ModelHandle, *, log: Log = print
+) -> NeuronAtlas:
+    """:class:`NeuronAtlas` of the task prompts among ``entries``; writes nothing."""
+    from promptatlas.analysis.neurons import activation_states, on_score, on_scores
+
     tasks = _task_entries(entries)
-    written: list[Path] = []
-    data: dict[str, Any] = {"model": handle.name, "methods": {}, "transfer": []}
-    pair_rows: list[Sequence[Any]] = []
-    curve_rows: list[Sequence[Any]] = []
+    result = NeuronAtlas(handle.name, [PromptInfo.of(e) for e in tasks], {}, [])
     states: dict[str, torch.Tensor] = {}
     for method in sorted({e.method for e in tasks}):
         group = [e for e in tasks if e.method == method]
@@ -559,9 +686,40 @@ def analyze_neurons(
         log(f"  activation states of {len(group)} {method} prompts")
         states.update(activation_states(handle, {e.name: e.prompt for e in group}, fmt))
         plain = [e for e in group if not e.transfer]
-        if len(plain) < 2:
+        if len(plain) >= 2:
+            result.scores[method] = on_scores({e.name: states[e.name] for e in plain})
+    # Source vs target, without (target trained from scratch) and with transfer.
+    for entry in tasks:
+        if not entry.transfer:
             continue
-        scores = on_scores({e.name: states[e.name] for e in plain})
+        source, baseline = _source_of(entry, tasks), _baseline_of(entry, tasks)
+        if source is None or baseline is None:
+            continue
+        result.transfer.append(
+            OnTransfer(
+                prompt=entry.name,
+                source=source.name,
+                baseline=baseline.name,
+                kind=entry.transfer_kind,
+                on_last_without=float(on_score(states[source.name], states[baseline.name])[-1]),
+                on_last_with=float(on_score(states[source.name], states[entry.name])[-1]),
+                label=f"{source.task}-{source.lang}→{entry.task}-{entry.lang} {entry.method}",
+            )
+        )
+    return result
+
+
+def write_neurons(result: NeuronAtlas, out: str | Path, *, log: Log = print) -> dict[str, Any]:
+    """The ON tables, figures, ``neurons.json`` and ``summary.txt`` of ``result`` in ``out``;
+    returns what ``neurons.json`` holds."""
+    from promptatlas.report import analysis as fig
+
+    out = Path(out)
+    written: list[Path] = []
+    data: dict[str, Any] = {"model": result.model, "methods": {}, "transfer": []}
+    pair_rows: list[Sequence[Any]] = []
+    curve_rows: list[Sequence[Any]] = []
+    for method, scores in result.scores.items():
         for kind in ("binary", "raw"):
             mean = _floats(scores.mean_over_pairs("binary" if kind == "binary" else "raw"))
             curve_rows += [(method, kind, layer, v) for layer, v in enumerate(mean)]
@@ -569,48 +727,21 @@ def analyze_neurons(
             for i, a in enumerate(scores.names):
                 for j, b in enumerate(scores.names):
                     if i < j:
-                        pair_rows.append(
-                            (
-                                method,
-                                li,
-                                a,
-                                b,
-                                float(scores.binary[li, i, j]),
-                                float(scores.raw[li, i, j]),
-                            )
-                        )
+                        binary, raw = scores.binary[li, i, j], scores.raw[li, i, j]
+                        pair_rows.append((method, li, a, b, float(binary), float(raw)))
         data["methods"][method] = {
             "prompts": scores.names,
             "mean_binary_per_layer": _floats(scores.mean_over_pairs("binary")),
             "mean_raw_per_layer": _floats(scores.mean_over_pairs("raw")),
         }
         written.append(fig.plot_on_scores(scores, out / f"on_scores_{method}.png", kind="binary"))
-    # Source vs target, without (target trained from scratch) and with transfer.
-    xs: list[float] = []
-    ys: list[float] = []
-    labels: list[str] = []
-    for entry in tasks:
-        if not entry.transfer:
-            continue
-        source, baseline = _source_of(entry, tasks), _baseline_of(entry, tasks)
-        if source is None or baseline is None:
-            continue
-        without = float(on_score(states[source.name], states[baseline.name])[-1])
-        with_t = float(on_score(states[source.name], states[entry.name])[-1])
-        xs.append(without)
-        ys.append(with_t)
-        labels.append(f"{source.task}-{source.lang}→{entry.task}-{entry.lang} {entry.method}")
-        data["transfer"].append(
-            {
-                "prompt": entry.name,
-                "source": source.name,
-                "baseline": baseline.name,
-                "kind": entry.transfer_kind,
-                "on_last_without": without,
-                "on_last_with": with_t,
-            }
-        )
-    if xs:
+    data["transfer"] = [
+        {k: v for k, v in dataclasses.asdict(t).items() if k != "label"} for t in result.transfer
+    ]
+    if result.transfer:
+        xs = [t.on_last_without for t in result.transfer]
+        ys = [t.on_last_with for t in result.transfer]
+        labels = [t.label for t in result.transfer]
         written.append(fig.plot_on_transfer(xs, ys, labels, out / "on_transfer.png"))
     written.append(
         _csv(out / "on_pairs.csv", ["method", "layer", "a", "b", "binary", "raw"], pair_rows)
@@ -619,7 +750,13 @@ def analyze_neurons(
         _csv(out / "on_per_layer.csv", ["method", "kind", "layer", "mean_over_pairs"], curve_rows)
     )
     written.append(_json(out / "neurons.json", data))
-    lines = [f"ON scores of {len(tasks)} prompts on {handle.name}."]
+    written.append(_summary(out / "summary.txt", _neuron_summary(result, data)))
+    log(f"  neurons: {len(written)} files in {out}")
+    return data
+
+
+def _neuron_summary(result: NeuronAtlas, data: Mapping[str, Any]) -> list[str]:
+    lines = [f"ON scores of {len(result.prompts)} prompts on {result.model}."]
     for method, d in data["methods"].items():
         curve = d["mean_binary_per_layer"]
         lines.append(
@@ -632,12 +769,25 @@ def analyze_neurons(
             f"transfer: last-layer ON with transfer higher than without in {higher} of "
             f"{len(data['transfer'])} source→target pairs"
         )
-    written.append(_summary(out / "summary.txt", lines))
-    log(f"  neurons: {len(written)} files in {out}")
-    return data
+    return lines
 
 
 # -- geometry --------------------------------------------------------------------------------
+_ISOTROPY_RUNS = ("random", "decoding", "random_all_pairs", "decoding_all_pairs")
+
+
+@dataclass
+class GeometryAtlas:
+    """Isotropy and label space per layer of a set of task prompts on one model. Each prompt's
+    results hold the runs it is compared on: "base" and "prompted", or for a transferred prompt
+    "base", "before transfer" (the target's own prompt) and "after transfer"."""
+
+    model: str
+    prompts: list[PromptInfo]
+    isotropy: dict[str, IsotropyResult]  # prompt → result
+    label_space: dict[str, LabelSpaceResult]  # prompt → result (classification tasks only)
+
+
 def analyze_geometry(
     entries: Sequence[BankEntry],
     handle: ModelHandle,
@@ -648,18 +798,23 @@ def analyze_geometry(
 ) -> dict[str, Any]:
     """Isotropy and label space per layer for every task prompt (base vs prompted), and for
     transferred prompts before (the target's own prompt) vs after transfer."""
+    return write_geometry(compute_geometry(entries, handle, cfg, log=log), out, log=log)
+
+
+def compute_geometry(
+    entries: Sequence[BankEntry],
+    handle: ModelHandle,
+    cfg: AnalysisConfig | None = None,
+    *,
+    log: Log = print,
+) -> GeometryAtlas:
+    """:class:`GeometryAtlas` of the task prompts among ``entries``; writes nothing."""
     from promptatlas.analysis.capture import run_reducers
     from promptatlas.analysis.geometry import Isotropy, LabelSpace
-    from promptatlas.report import analysis as fig
 
     cfg = cfg or AnalysisConfig()
-    out = Path(out)
     tasks = _task_entries(entries)
     inputs = _Inputs(cfg)
-    iso_rows: list[Sequence[Any]] = []
-    label_rows: list[Sequence[Any]] = []
-    written: list[Path] = []
-    data: dict[str, Any] = {"model": handle.name, "isotropy": {}, "label_space": {}}
     iso_by: dict[str, Any] = {}
     label_by: dict[str, Any] = {}
     for group, members in _by_inputs(tasks).items():
@@ -680,39 +835,56 @@ def analyze_geometry(
             ls = ls_reducer.result()
         for e in members:
             iso_by[e.name], label_by[e.name] = iso, ls
+    result = GeometryAtlas(handle.name, [PromptInfo.of(e) for e in tasks], {}, {})
     for entry in tasks:
         baseline = _baseline_of(entry, tasks) if entry.transfer else None
         pick = {"base": "base", "prompted": entry.name}
         if baseline is not None:
             pick = {"base": "base", "before transfer": baseline.name, "after transfer": entry.name}
-        iso = _select_runs(iso_by[entry.name], pick, ("random", "decoding", "random_all_pairs",
-                                                      "decoding_all_pairs"))  # fmt: skip
+        result.isotropy[entry.name] = _select_runs(iso_by[entry.name], pick, _ISOTROPY_RUNS)
+        if label_by[entry.name] is not None:
+            result.label_space[entry.name] = _select_runs(
+                label_by[entry.name], pick, ("gold", "non_gold")
+            )
+    return result
+
+
+def write_geometry(result: GeometryAtlas, out: str | Path, *, log: Log = print) -> dict[str, Any]:
+    """The isotropy and label-space tables, figures, ``geometry.json`` and ``summary.txt`` of
+    ``result`` in ``out``; returns what ``geometry.json`` holds."""
+    from promptatlas.report import analysis as fig
+
+    out = Path(out)
+    iso_rows: list[Sequence[Any]] = []
+    label_rows: list[Sequence[Any]] = []
+    written: list[Path] = []
+    data: dict[str, Any] = {"model": result.model, "isotropy": {}, "label_space": {}}
+    for prompt in result.prompts:
+        name = prompt.name
+        iso = result.isotropy[name]
         for run in iso.random:
             for i, layer in enumerate(iso.layers):
-                iso_rows.append(
-                    (entry.name, run, layer, float(iso.random[run][i]), float(iso.decoding[run][i]))
-                )
-        data["isotropy"][entry.name] = {
+                random, decoding = float(iso.random[run][i]), float(iso.decoding[run][i])
+                iso_rows.append((name, run, layer, random, decoding))
+        data["isotropy"][name] = {
             run: {"random": _floats(iso.random[run]), "decoding": _floats(iso.decoding[run])}
             for run in iso.random
         }
-        safe = entry.name.replace("/", "_")
-        written.append(fig.plot_isotropy(iso, out / "isotropy" / f"{safe}.png", title=entry.name))
-        if label_by[entry.name] is None:
+        safe = name.replace("/", "_")
+        written.append(fig.plot_isotropy(iso, out / "isotropy" / f"{safe}.png", title=name))
+        ls = result.label_space.get(name)
+        if ls is None:
             continue
-        ls = _select_runs(label_by[entry.name], pick, ("gold", "non_gold"))
         for run in ls.gold:
             for i, layer in enumerate(ls.layers):
                 label_rows.append(
-                    (entry.name, run, layer, float(ls.gold[run][i]), float(ls.non_gold[run][i]))
+                    (name, run, layer, float(ls.gold[run][i]), float(ls.non_gold[run][i]))
                 )
-        data["label_space"][entry.name] = {
+        data["label_space"][name] = {
             run: {"gold": _floats(ls.gold[run]), "non_gold": _floats(ls.non_gold[run])}
             for run in ls.gold
         }
-        written.append(
-            fig.plot_label_space(ls, out / "label_space" / f"{safe}.png", title=entry.name)
-        )
+        written.append(fig.plot_label_space(ls, out / "label_space" / f"{safe}.png", title=name))
     written.append(
         _csv(
             out / "isotropy.csv",
@@ -724,13 +896,20 @@ def analyze_geometry(
         _csv(out / "label_space.csv", ["prompt", "run", "layer", "gold", "non_gold"], label_rows)
     )
     written.append(_json(out / "geometry.json", data))
+    written.append(_summary(out / "summary.txt", _geometry_summary(result, data)))
+    log(f"  geometry: {len(written)} files in {out}")
+    return data
+
+
+def _geometry_summary(result: GeometryAtlas, data: Mapping[str, Any]) -> list[str]:
     lines = [
-        f"Geometry of {len(tasks)} prompts on {handle.name} (hidden-state index 0 = embeddings)."
+        f"Geometry of {len(result.prompts)} prompts on {result.model} "
+        "(hidden-state index 0 = embeddings)."
     ]
     lines.append("Per-layer curves summarised as means of the lower / middle / upper third:")
-    plain = {e.name: e for e in tasks if not e.transfer}
-    for method in sorted({e.method for e in plain.values()}):
-        names = [n for n, e in plain.items() if e.method == method]
+    plain = {p.name: p for p in result.prompts if not p.transferred}
+    for method in sorted({p.method for p in plain.values()}):
+        names = [n for n, p in plain.items() if p.method == method]
         for run in ("base", "prompted"):
             rnd = _mean_curve([data["isotropy"][n][run]["random"] for n in names])
             dec = _mean_curve([data["isotropy"][n][run]["decoding"] for n in names])
@@ -753,31 +932,50 @@ def analyze_geometry(
             f"transfer: last-layer label gap after > before in {wider} of {len(moved)} "
             f"transferred prompts (mean {_mean(after):+.4f} vs {_mean(before):+.4f})"
         )
-    written.append(_summary(out / "summary.txt", lines))
-    log(f"  geometry: {len(written)} files in {out}")
-    return data
+    return lines
 
 
 # -- PCA -------------------------------------------------------------------------------------
+@dataclass
+class PcaAtlas:
+    """PCA of the prompt vectors per method (v2: one panel per layer)."""
+
+    prompts: list[PromptInfo]
+    panels: dict[str, list[PcaPanel]]  # method → panels
+
+
 def analyze_pca(
     entries: Sequence[BankEntry], out: str | Path, *, log: Log = print
 ) -> dict[str, Any]:
     """PCA of the prompt vectors per method (v2: one panel per layer); colour = task, marker
     = language; language prompts appear as task "lang"."""
+    return write_pca(compute_pca(entries), out, log=log)
+
+
+def compute_pca(entries: Sequence[BankEntry]) -> PcaAtlas:
+    """:class:`PcaAtlas` of ``entries`` (task and language prompts); writes nothing."""
     from promptatlas.analysis.pca import prompt_pca
+
+    result = PcaAtlas([PromptInfo.of(e) for e in entries], {})
+    for method in sorted({e.method for e in entries}):
+        group = [e for e in entries if e.method == method]
+        result.panels[method] = prompt_pca({e.name: e.prompt for e in group})
+    return result
+
+
+def write_pca(result: PcaAtlas, out: str | Path, *, log: Log = print) -> dict[str, Any]:
+    """The PCA figures, ``pca.csv``, ``pca.json`` and ``summary.txt`` of ``result`` in ``out``;
+    returns what ``pca.json`` holds."""
     from promptatlas.report import analysis as fig
 
     out = Path(out)
     data: dict[str, Any] = {}
     rows: list[Sequence[Any]] = []
     written: list[Path] = []
-    for method in sorted({e.method for e in entries}):
-        group = [e for e in entries if e.method == method]
-        if len(group) < 1:
-            continue
-        panels = prompt_pca({e.name: e.prompt for e in group})
-        task_of = {e.name: (e.task or "lang") for e in group}
-        lang_of = {e.name: (e.lang or "") for e in group}
+    for method, panels in result.panels.items():
+        group = [p for p in result.prompts if p.method == method]
+        task_of = {p.name: (p.task or "lang") for p in group}
+        lang_of = {p.name: (p.lang or "") for p in group}
         written.append(
             fig.plot_pca(panels, out / f"pca_{method}.png", task_of=task_of, lang_of=lang_of)
         )
@@ -789,22 +987,15 @@ def analyze_pca(
             for p in panels
         ]
         for p in panels:
+            layer = "" if p.layer is None else p.layer
             for name, coords in p.coords.items():
                 for k, point in enumerate(coords):
-                    rows.append(
-                        (
-                            method,
-                            "" if p.layer is None else p.layer,
-                            name,
-                            k,
-                            *[float(c) for c in point],
-                        )
-                    )
+                    rows.append((method, layer, name, k, *[float(c) for c in point]))
     written.append(
         _csv(out / "pca.csv", ["method", "layer", "prompt", "position", "pc1", "pc2"], rows)
     )
     written.append(_json(out / "pca.json", data))
-    lines = [f"PCA of {len(entries)} prompts."]
+    lines = [f"PCA of {len(result.prompts)} prompts."]
     for method, panels_ in data.items():
         first = panels_[0]["explained_variance_ratio"]
         lines.append(
