@@ -145,14 +145,32 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from promptatlas.models import DEFAULT_MODEL
-    from promptatlas.training.defaults import DEFAULTS, describe_lr
-
     parser = argparse.ArgumentParser(
         prog="promptatlas",
         description="Train, evaluate, store and export soft prompts on frozen causal LMs.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_eval(sub)
+    _add_predict(sub)
+    _add_runs(sub)
+    _add_export(sub)
+    _add_run(sub)
+    _add_lang_prompt(sub)
+    _add_transfer(sub)
+    _add_zero_shot(sub)
+    _add_grid(sub)
+    _add_project(sub)
+    _add_analyze(sub)
+    _add_models(sub)
+    _add_tasks(sub)
+    return parser
+
+
+def _add_train(sub: Any) -> None:
+    """The ``train`` command."""
+    from promptatlas.models import DEFAULT_MODEL
+    from promptatlas.training.defaults import DEFAULTS
 
     p = sub.add_parser(
         "train",
@@ -206,6 +224,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_overwrite(p)
     _add_common_model(p)
 
+
+def _add_eval(sub: Any) -> None:
+    """The ``eval`` command."""
     p = sub.add_parser(
         "eval",
         help="evaluate a stored prompt",
@@ -238,6 +259,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_common_model(p)
 
+
+def _add_predict(sub: Any) -> None:
+    """The ``predict`` command."""
     p = sub.add_parser(
         "predict",
         help="predict the rows of a file (labelled or not) with a stored prompt",
@@ -273,6 +297,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_scoring(p)
     _add_common_model(p)
 
+
+def _add_runs(sub: Any) -> None:
+    """The ``runs`` command."""
     p = sub.add_parser(
         "runs",
         help="list runs in the results database",
@@ -296,6 +323,9 @@ def _parser() -> argparse.ArgumentParser:
         help="results database to read (default $PROMPTATLAS_DB or ./.promptatlas/results.sqlite)",
     )
 
+
+def _add_export(sub: Any) -> None:
+    """The ``export`` command."""
     p = sub.add_parser(
         "export",
         help="export a prompt (e.g. to PEFT)",
@@ -308,6 +338,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--device", default=None)
 
+
+def _add_run(sub: Any) -> None:
+    """The ``run`` command."""
     p = sub.add_parser(
         "run",
         help="run an experiment file (YAML)",
@@ -318,6 +351,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="override the experiment's output folder")
     p.add_argument("--data-dir", default=None, help="override the experiment's data folder")
     _add_common_model(p)
+
+
+def _add_lang_prompt(sub: Any) -> None:
+    """The ``lang-prompt`` command."""
+    from promptatlas.models import DEFAULT_MODEL
+    from promptatlas.training.defaults import describe_lr
 
     p = sub.add_parser(
         "lang-prompt",
@@ -354,6 +393,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_overwrite(p)
     _add_common_model(p)
 
+
+def _add_transfer(sub: Any) -> None:
+    """The ``transfer`` command."""
     p = sub.add_parser(
         "transfer",
         help="transfer a prompt to another task or language and train it",
@@ -380,6 +422,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     _add_common_model(p)
 
+
+def _add_zero_shot(sub: Any) -> None:
+    """The ``zero-shot`` command."""
     p = sub.add_parser(
         "zero-shot",
         help="evaluate a prompt on another task or language without training",
@@ -400,6 +445,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     _add_common_model(p)
 
+
+def _add_grid(sub: Any) -> None:
+    """The ``grid`` command."""
     p = sub.add_parser(
         "grid",
         help="run a transfer grid (YAML): all sources × all targets",
@@ -414,6 +462,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="skip tables and heatmaps")
     _add_common_model(p)
 
+
+def _add_project(sub: Any) -> None:
+    """The ``project`` command."""
     p = sub.add_parser(
         "project",
         help="carry prompts across models with a trained projector",
@@ -447,6 +498,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_overwrite(p)
     _add_common_model(p)
 
+
+def _add_analyze(sub: Any) -> None:
+    """The ``analyze`` command."""
     p = sub.add_parser(
         "analyze",
         help="what prompts do inside the model: attention, neurons, geometry, PCA, layers",
@@ -495,7 +549,16 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--method", default="v2", help="whose mean KL curve to use (default v2)")
     a.add_argument("--size", type=int, default=None, help="layers per group (default depth/2)")
 
+
+def _add_models(sub: Any) -> None:
+    """The ``models`` command."""
     sub.add_parser("models", help="list registered models", description="List registered models.")
+
+
+def _add_tasks(sub: Any) -> None:
+    """The ``tasks`` command."""
+    from promptatlas.models import DEFAULT_MODEL
+
     p = sub.add_parser(
         "tasks",
         help="list tasks and languages, or check a task file",
@@ -511,7 +574,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-dir", default=None, help="folder relative data paths start from")
     p.add_argument("--quiet", action="store_true", help="no library progress bars or warnings")
-    return parser
 
 
 def _prompt_config(args: argparse.Namespace) -> Any:
