@@ -64,6 +64,14 @@ def run_one(
     from promptatlas.training import TrainConfig, train_prompt
 
     variant = get_task(task, lang)
+    if a.template:
+        import dataclasses
+
+        variant = dataclasses.replace(
+            variant,
+            template=a.template,
+            verbalizers={k: a.label_prefix + v for k, v in variant.verbalizers.items()},
+        )
     fmt = TaskFormatter(handle.tokenizer, variant, FormatConfig(separator=a.separator))
     train = load_split(task, lang, "train")
     dev = load_split(task, lang, "dev", limit=a.dev)
@@ -99,6 +107,7 @@ def run_one(
         "lr": lr,
         "seed": seed,
         "separator": a.separator,
+        "template": a.template,
         "steps": a.steps,
         "batch": a.batch,
         "length": a.length,
@@ -171,6 +180,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--length", type=int, default=20)
     p.add_argument("--separator", default="\n")
+    p.add_argument(
+        "--template", default=None, help='e.g. "{text}\\nSentiment:" (with --separator "")'
+    )
+    p.add_argument("--label-prefix", default="", help='text before each label word, e.g. " "')
     p.add_argument("--model", default="gemma-3-270m")
     p.add_argument("--out", type=Path, default=Path("results/sweep/runs.jsonl"))
     p.add_argument("--summary", type=Path, default=None)
@@ -182,6 +195,8 @@ def main() -> None:
     from promptatlas.models import load_model
 
     a.separator = a.separator.encode().decode("unicode_escape")
+    if a.template:
+        a.template = a.template.encode().decode("unicode_escape")
     handle = load_model(a.model)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     done = set()
