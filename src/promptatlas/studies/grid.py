@@ -100,6 +100,9 @@ class TransferSpec(ConfigBase):
     # the language segments zero-shot evaluates with.
     lang_tasks: tuple[str, ...] | None = None
     zero_shot_segments: tuple[str, ...] = ("source", "target")
+    # Language directions of the cross-language and zero-shot cells, "src>tgt" (e.g. "en>ko");
+    # default: every ordered pair of the grid's languages.
+    lang_pairs: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -120,6 +123,15 @@ class TransferSpec(ConfigBase):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, tuple(str(t).strip().lower() for t in value))
+        if self.lang_pairs is not None:
+            pairs = tuple(str(p).strip().lower().replace(" ", "") for p in self.lang_pairs)
+            bad_pairs = [p for p in pairs if len(p.split(">")) != 2 or "" in p.split(">")]
+            if bad_pairs:
+                raise ExperimentError(
+                    f"transfer.lang_pairs: {bad_pairs} are not 'source>target' language pairs; "
+                    "write e.g. [en>ko]"
+                )
+            object.__setattr__(self, "lang_pairs", pairs)
         from_dict(TrainConfig, self.language, path="transfer.language")  # validate early
         for method, options in self.language_by_method.items():
             check_fields(TrainConfig, options, path=f"transfer.language_by_method.{method}")
@@ -195,6 +207,17 @@ class GridConfig(ConfigBase):
     analysis: AnalysisSpec | None = None
     _hashes: dict[Cell, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        langs = set(self.experiment.langs)
+        for pair in self.transfer.lang_pairs or ():
+            unknown = [lang for lang in pair.split(">") if lang not in langs]
+            if unknown:
+                raise ExperimentError(
+                    f"transfer.lang_pairs: {pair!r} names {unknown}, not among the grid's "
+                    f"languages {sorted(langs)}; add them to langs or drop the pair"
+                )
+
     @property
     def name(self) -> str:
         return self.experiment.name
@@ -249,6 +272,12 @@ class GridConfig(ConfigBase):
         sources = list(spec.sources or tasks)
         targets = list(spec.targets or tasks)
         lang_tasks = list(spec.lang_tasks or tasks)
+        directions = [
+            (src, tgt)
+            for src in exp.langs
+            for tgt in exp.langs
+            if src != tgt and (spec.lang_pairs is None or f"{src}>{tgt}" in spec.lang_pairs)
+        ]
         out: list[Cell] = []
         for seed in exp.seeds:
             for method in exp.methods:
@@ -291,9 +320,8 @@ class GridConfig(ConfigBase):
                             source_lang=src,
                         )
                         for task in lang_tasks
-                        for src in exp.langs
-                        for tgt in exp.langs
-                        if src != tgt and self._present(task, src) and self._present(task, tgt)
+                        for src, tgt in directions
+                        if self._present(task, src) and self._present(task, tgt)
                     ]
                 if spec.zero_shot:
                     out += [
@@ -308,10 +336,8 @@ class GridConfig(ConfigBase):
                             lang_segment=segment,
                         )
                         for task in lang_tasks
-                        for src in exp.langs
-                        for tgt in exp.langs
-                        if src != tgt
-                        and self._present(task, src)
+                        for src, tgt in directions
+                        if self._present(task, src)
                         and self._present(task, tgt)
                         and _same_labels(task, src, tgt)
                         for segment in spec.zero_shot_segments
