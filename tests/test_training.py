@@ -300,3 +300,22 @@ def test_pickled_checkpoint_is_never_executed(
     from promptatlas.training import CheckpointError
 
     assert isinstance(error, CheckpointError) and f"delete {folder}" in str(error)
+
+
+def test_step_callbacks_get_each_record(
+    tiny_handles: dict[str, Any], train_set: list[Any], tmp_path: Path
+) -> None:
+    from promptatlas.training.curves import CurveWriter, read_curve
+
+    seen: list[dict[str, Any]] = []
+    dev = load_split("sa", "en", "dev", limit=4)
+    cfg = TrainConfig(steps=4, batch_size=4, lr=0.05, eval_every=2, checkpoint_every=0)
+    plm, fmt = _setup(tiny_handles["tiny-gpt2"])
+    with CurveWriter(tmp_path / "curve.jsonl") as writer:
+        result = train_prompt(
+            plm, fmt, train_set, cfg, dev=dev, progress=False, step_callbacks=[seen.append, writer]
+        )
+    assert seen == result.history and [r["step"] for r in seen] == [1, 2, 3, 4]
+    assert "dev" in seen[1] and "dev" not in seen[0]
+    curve = read_curve(tmp_path / "curve.jsonl")
+    assert [r["loss"] for r in curve] == [r["loss"] for r in seen]

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -36,10 +36,19 @@ from promptatlas.evaluation.evaluate import EvalConfig, evaluate
 from promptatlas.evaluation.predict import label_suffixes, rank_loss, target_loss
 from promptatlas.evaluation.scoring import resolve_length_normalise
 from promptatlas.formatting import EncodedExample, TaskFormatter, TextLMFormatter, collate
-from promptatlas.io import write_bytes_atomic
 from promptatlas.prompts.injection import PromptedLM
 from promptatlas.prompts.soft_prompt import SoftPrompt
 from promptatlas.tasks import Example
+from promptatlas.training.checkpoint_io import (
+    CheckpointError,
+    load_checkpoint,
+    optimizer_from_checkpoint,
+    optimizer_to_checkpoint,
+    prefixed,
+    save_checkpoint,
+    unprefixed,
+)
+from promptatlas.training.curves import StepCallback
 from promptatlas.training.defaults import default_lr, defaults_for
 
 __all__ = [
@@ -58,15 +67,10 @@ __all__ = [
 CHECKPOINT = "checkpoint.safetensors"
 LEGACY_CHECKPOINT = "checkpoint.pt"  # pickles written before format 1; never opened
 CHECKPOINT_FORMAT = 1
-_HEADER_KEY = "promptatlas_checkpoint"
 
 
 class TrainConfigError(ConfigError):
     """An invalid training configuration."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed (old pickle format, foreign or damaged file)."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -231,82 +235,6 @@ def _plain(data: Any) -> Any:
     return json.loads(json.dumps(data))
 
 
-def _write_checkpoint(
-    path: Path,
-    header: dict[str, Any],
-    prompt_tensors: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    best_tensors: dict[str, torch.Tensor] | None,
-) -> None:
-    """One safetensors file: tensors + a JSON header; replaced atomically."""
-    from safetensors.torch import save
-
-    tensors = {f"prompt.{k}": v.detach().cpu().contiguous() for k, v in prompt_tensors.items()}
-    if best_tensors is not None:
-        tensors.update(
-            {f"best.{k}": v.detach().cpu().contiguous() for k, v in best_tensors.items()}
-        )
-    opt = optimizer.state_dict()
-    opt_state: dict[str, dict[str, Any]] = {}
-    for index, values in opt["state"].items():
-        plain: dict[str, Any] = {}
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                plain[key] = value
-        opt_state[str(index)] = plain
-    header = {
-        **header,
-        "format": "promptatlas-checkpoint",
-        "format_version": CHECKPOINT_FORMAT,
-        "optimizer": {"param_groups": opt["param_groups"], "state": opt_state},
-        "has_best": best_tensors is not None,
-    }
-    payload = save(tensors, metadata={_HEADER_KEY: json.dumps(header), "format": "pt"})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, payload)
-
-
-def _read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The JSON header and the tensors of a checkpoint; CheckpointError if it is not one."""
-    from safetensors import safe_open
-
-    fix = f"delete {path.parent} to start the run over"
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            meta = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except Exception as exc:  # SafetensorError, OSError, ValueError: not a safetensors file
-        raise CheckpointError(
-            f"{path} is not a promptatlas checkpoint or is damaged ({exc}); {fix}"
-        ) from exc
-    try:
-        header = json.loads(meta[_HEADER_KEY])
-    except (KeyError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path} is a safetensors file but not a promptatlas checkpoint; {fix}"
-        ) from exc
-    if not isinstance(header, dict) or header.get("format_version") != CHECKPOINT_FORMAT:
-        version = header.get("format_version") if isinstance(header, dict) else None
-        raise CheckpointError(
-            f"{path} has checkpoint format {version!r}; this promptatlas reads format "
-            f"{CHECKPOINT_FORMAT}. Finish the run with the version that wrote it, or {fix}"
-        )
-    return header, tensors
-
-
-def _optimizer_state(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {
-        int(index): dict(values) for index, values in header["optimizer"]["state"].items()
-    }
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    return {"state": state, "param_groups": header["optimizer"]["param_groups"]}
-
-
 @contextmanager
 def _deferred_signals(enabled: bool) -> Iterator[dict[str, int | None]]:
     """While training, SIGINT/SIGTERM only ask the loop to stop at the end of the current step
@@ -354,6 +282,368 @@ def resolve_training(
     return lr, objective
 
 
+# -- the pieces of a run ------------------------------------------------------------------------
+
+
+@dataclass
+class _TrainState:
+    """What a checkpoint holds besides the tensors of the prompt and the optimiser.
+
+    ``pending``: a committed step whose dev evaluation and record are not done yet (see
+    :meth:`_Run.finish_step`); ``best_tensors``: the prompt at the best dev score so far."""
+
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    stopped_early: bool = False
+    pending: dict[str, float] | None = None
+    best_tensors: dict[str, torch.Tensor] | None = None
+
+    _JSON: ClassVar[tuple[str, ...]] = (
+        "step",
+        "history",
+        "best",
+        "best_step",
+        "bad_evals",
+        "stopped_early",
+        "pending",
+    )
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._JSON}
+
+    @classmethod
+    def from_json(
+        cls, data: dict[str, Any], best_tensors: dict[str, torch.Tensor] | None
+    ) -> _TrainState:
+        return cls(**{name: data[name] for name in cls._JSON}, best_tensors=best_tensors)
+
+
+@dataclass
+class _Batches:
+    """The encoded training set and the loss of a micro-batch under the run's objective.
+
+    For the "rank" objective the examples are encoded as contexts (room left for the longest
+    label) and scored against every label's ``suffixes``; ``golds`` are the label indices."""
+
+    encoded: list[EncodedExample]
+    pad: int
+    golds: torch.Tensor | None = None
+    suffixes: Any = None
+    normalise: bool = False
+
+    def loss(self, plm: PromptedLM, idx: list[int]) -> torch.Tensor:
+        batch = collate([self.encoded[i] for i in idx], self.pad)
+        if self.golds is not None:
+            return rank_loss(
+                plm, batch, self.golds[idx], self.suffixes, length_normalise=self.normalise
+            )
+        return target_loss(plm, batch)
+
+
+def _encode(
+    formatter: TaskFormatter | TextLMFormatter,
+    train: Sequence[Example],
+    objective: str,
+    eval_config: EvalConfig | None,
+) -> _Batches:
+    pad = formatter.tokenizer.pad_token_id
+    if objective != "rank":
+        return _Batches([formatter.encode(ex) for ex in train], pad)
+    assert isinstance(formatter, TaskFormatter)
+    score_eos = bool(eval_config is not None and eval_config.score_eos)
+    suffixes = label_suffixes(formatter, score_eos)
+    reserve = max(len(x) for x in suffixes)
+    labels = list(formatter.task.labels)
+    encoded = []
+    for ex in train:
+        ctx = formatter.encode_context(ex, reserve=reserve)
+        encoded.append(EncodedExample(tuple(ctx), len(ctx)))
+    golds = torch.tensor([labels.index(str(ex.label)) for ex in train])
+    normalise = resolve_length_normalise(eval_config, formatter)
+    return _Batches(encoded, pad, golds, suffixes, normalise)
+
+
+class _Checkpoints:
+    """The resumable checkpoint of a run in ``folder`` (None: the run keeps none).
+
+    The file layout is :mod:`promptatlas.training.checkpoint_io`'s: the prompt (``prompt.``),
+    the best-dev prompt (``best.``) and the optimiser's tensors; the JSON header holds the
+    configuration ``fingerprint``, the optimiser's structure, the scheduler and the state."""
+
+    def __init__(self, folder: str | Path | None, fingerprint: dict[str, Any]) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self.path = self.folder / CHECKPOINT if self.folder is not None else None
+        self.fingerprint = fingerprint
+        self.saved_step: int | None = None  # the step of the last checkpoint written or read
+        if self.folder is not None and (self.folder / LEGACY_CHECKPOINT).exists():
+            raise CheckpointError(
+                f"{self.folder / LEGACY_CHECKPOINT} is a checkpoint of an older promptatlas (a "
+                "pickle, which is never opened because loading it could run arbitrary code); "
+                f"delete {self.folder} to start the run over"
+            )
+
+    def _read(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        assert self.path is not None
+        fix = f"delete {self.folder} to start the run over"
+        tensors, header = load_checkpoint(self.path, fix=fix)
+        if header.get("format_version") != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"{self.path} has checkpoint format {header.get('format_version')!r}; this "
+                f"promptatlas reads format {CHECKPOINT_FORMAT}. Finish the run with the version "
+                f"that wrote it, or {fix}"
+            )
+        return tensors, header
+
+    def resume(
+        self,
+        prompt: SoftPrompt,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ) -> _TrainState | None:
+        """Load the checkpoint into the prompt, optimiser and scheduler and return its state;
+        None when there is no checkpoint."""
+        if self.path is None or not self.path.exists():
+            return None
+        tensors, header = self._read()
+        if header.get("fingerprint") != self.fingerprint:
+            raise TrainConfigError(
+                f"{self.path} belongs to a different configuration; delete {self.folder} or use "
+                "another --out"
+            )
+        try:
+            prompt.load_state_tensors(unprefixed("prompt.", tensors))
+            optimizer.load_state_dict(optimizer_from_checkpoint(tensors, header["optimizer"]))
+            scheduler.load_state_dict(header["scheduler"])
+            best = unprefixed("best.", tensors) if header.get("has_best") else None
+            state = _TrainState.from_json(dict(header["state"]), best)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(
+                f"{self.path} is damaged ({exc}); delete {self.folder} to start over"
+            ) from exc
+        self.saved_step = state.step
+        return state
+
+    def save(
+        self,
+        state: _TrainState,
+        prompt: SoftPrompt,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ) -> None:
+        if self.path is None:
+            return
+        opt_tensors, opt_structure = optimizer_to_checkpoint(optimizer)
+        tensors = {**prefixed("prompt.", prompt.state_tensors()), **opt_tensors}
+        if state.best_tensors is not None:
+            tensors.update(prefixed("best.", state.best_tensors))
+        header = {
+            "fingerprint": self.fingerprint,
+            "scheduler": scheduler.state_dict(),
+            "state": state.to_json(),
+            "format": "promptatlas-checkpoint",
+            "format_version": CHECKPOINT_FORMAT,
+            "optimizer": opt_structure,
+            "has_best": state.best_tensors is not None,
+        }
+        save_checkpoint(self.path, tensors, header)
+        self.saved_step = state.step
+
+
+class _Run:
+    """One training run: forward/backward, the optimiser step, the dev check and the record of
+    each step. ``phase`` says where an interruption landed ("gradients", "commit", "finish",
+    "idle")."""
+
+    def __init__(
+        self,
+        plm: PromptedLM,
+        formatter: TaskFormatter | TextLMFormatter,
+        config: TrainConfig,
+        batches: _Batches,
+        state: _TrainState,
+        *,
+        params: list[torch.nn.Parameter],
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LambdaLR,
+        total: int,
+        dev: Sequence[Example] | None,
+        eval_config: EvalConfig | None,
+        on_eval: Callable[[int, float], None] | None,
+        step_callbacks: Sequence[StepCallback],
+        bar: Any,
+    ) -> None:
+        self.plm, self.formatter, self.config = plm, formatter, config
+        self.batches, self.state = batches, state
+        self.params, self.optimizer, self.scheduler = params, optimizer, scheduler
+        self.total = total
+        self.dev, self.eval_config, self.on_eval = dev, eval_config, on_eval
+        self.step_callbacks = tuple(step_callbacks)
+        self.bar = bar
+        self.phase = "idle"
+
+    @property
+    def prompt(self) -> SoftPrompt:
+        assert self.plm.prompt is not None
+        return self.plm.prompt
+
+    @property
+    def done(self) -> bool:
+        return self.state.step >= self.total or self.state.stopped_early
+
+    def gradients(self, step: int) -> float:
+        """Forward and backward of one step; nothing that a checkpoint holds changes here."""
+        cfg = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for micro in range(cfg.grad_accum):
+            index = step * cfg.grad_accum + micro
+            idx = _micro_batch(len(self.batches.encoded), cfg.batch_size, cfg.seed, index)
+            loss = self.batches.loss(self.plm, idx) / cfg.grad_accum
+            loss.backward()
+            loss_sum += float(loss.detach())
+        return loss_sum
+
+    def commit(self, step: int, loss_sum: float) -> None:
+        """The optimiser and scheduler step; the step is then pending until it is recorded."""
+        if self.config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.state.step = step + 1
+        self.state.pending = {
+            "step": step + 1,
+            "loss": loss_sum,
+            "lr": float(self.scheduler.get_last_lr()[0]),
+        }
+
+    def dev_score(self) -> float:
+        assert self.dev is not None and isinstance(self.formatter, TaskFormatter)
+        limit = self.config.dev_limit
+        subset = list(self.dev)[:limit] if limit else list(self.dev)
+        return evaluate(self.plm, self.formatter, subset, self.eval_config).score
+
+    def dev_check(self, step: int, record: dict[str, float]) -> dict[str, Any]:
+        """Evaluate on dev when due; the state updates it implies (best prompt, patience)."""
+        cfg, state = self.config, self.state
+        if not (self.dev and cfg.eval_every and step % cfg.eval_every == 0):
+            return {}
+        score = self.dev_score()
+        record["dev"] = score
+        if self.on_eval is not None:
+            self.on_eval(step, score)
+        if state.best is None or score > state.best:
+            return {
+                "best": score,
+                "best_step": step,
+                "bad_evals": 0,
+                "best_tensors": self.prompt.state_tensors(),
+            }
+        updates: dict[str, Any] = {"bad_evals": state.bad_evals + 1}
+        if cfg.patience and updates["bad_evals"] >= cfg.patience:
+            updates["stopped_early"] = True
+        return updates
+
+    def finish_step(self) -> None:
+        """Dev evaluation and the record of the committed step; the state changes at the end,
+        so an interruption during evaluation leaves the step pending (redone on resume). The
+        step callbacks then receive the record."""
+        assert self.state.pending is not None
+        record: dict[str, float] = dict(self.state.pending)
+        updates = self.dev_check(int(record["step"]), record)
+        history = [*self.state.history, record]
+        for name, value in {**updates, "pending": None, "history": history}.items():
+            setattr(self.state, name, value)
+        for callback in self.step_callbacks:
+            callback(dict(record))
+        shown = {"loss": f"{record['loss']:.4f}"}
+        if "dev" in record:
+            shown["dev"] = f"{record['dev']:.3f}"
+        self.bar.set_postfix(shown)
+        self.bar.update(1)
+
+
+def _steps(
+    run: _Run,
+    checkpoints: _Checkpoints,
+    stop: dict[str, int | None],
+    stop_after: int | None,
+) -> None:
+    """Run steps until the end, an early stop, ``stop_after`` steps or a stop signal, writing
+    checkpoints every ``checkpoint_every`` steps (and at ``stop_after``)."""
+    state, every = run.state, run.config.checkpoint_every
+    if state.pending:
+        run.phase = "finish"
+        run.finish_step()
+    while not run.done:
+        step = state.step
+        run.phase = "gradients"
+        loss_sum = run.gradients(step)
+        run.phase = "commit"
+        run.commit(step, loss_sum)
+        run.phase = "finish"
+        run.finish_step()
+        run.phase = "idle"
+        last = run.done
+        due = every and state.step % every == 0
+        interrupted = stop_after is not None and state.step >= stop_after
+        if stop["signum"] is not None:
+            return
+        if (due and not last) or interrupted:
+            checkpoints.save(state, run.prompt, run.optimizer, run.scheduler)
+        if interrupted and not last:
+            return
+
+
+def _train_until_stopped(run: _Run, checkpoints: _Checkpoints, stop_after: int | None) -> None:
+    """:func:`_steps` with SIGINT/SIGTERM deferred to the end of a step: a stop signal or a
+    KeyboardInterrupt writes a checkpoint of the last whole step and raises
+    :class:`TrainingInterrupted`."""
+    state = run.state
+
+    def interrupted(signum: int | None) -> TrainingInterrupted:
+        return TrainingInterrupted(
+            state.step, run.total, checkpoints.path, checkpoints.saved_step, signum=signum
+        )
+
+    with _deferred_signals(checkpoints.path is not None) as stop:
+        try:
+            _steps(run, checkpoints, stop, stop_after)
+            if stop["signum"] is not None:
+                # Asked to stop (even after the last step: the caller's evaluation and saving
+                # would follow); a rerun resumes here.
+                checkpoints.save(state, run.prompt, run.optimizer, run.scheduler)
+                raise interrupted(stop["signum"])
+        except TrainingInterrupted:
+            raise
+        except KeyboardInterrupt as exc:
+            # Before the optimiser step nothing has changed, and after it the step is pending:
+            # either way the state is whole. Only an interrupt inside the update itself (a
+            # second Ctrl-C at that instant) leaves the last checkpoint as it was.
+            if run.phase != "commit":
+                checkpoints.save(state, run.prompt, run.optimizer, run.scheduler)
+            raise interrupted(stop["signum"]) from exc
+        finally:
+            run.bar.close()
+
+
+def _checked_prompt(
+    plm: PromptedLM, formatter: TaskFormatter | TextLMFormatter, train: Sequence[Example]
+) -> tuple[SoftPrompt, list[torch.nn.Parameter]]:
+    """The prompt to train and its trainable parameters; TrainConfigError if there is none."""
+    prompt = plm.prompt
+    if prompt is None:
+        raise TrainConfigError("nothing to train: the PromptedLM has no prompt")
+    params = prompt.trainable_parameters()
+    if not params:
+        raise TrainConfigError("every prompt segment is frozen; nothing to train")
+    if not train:
+        raise TrainConfigError(f"no training examples for {formatter.name}")
+    return prompt, list(params)
+
+
 def train_prompt(
     plm: PromptedLM,
     formatter: TaskFormatter | TextLMFormatter,
@@ -367,6 +657,7 @@ def train_prompt(
     stop_after: int | None = None,
     on_eval: Callable[[int, float], None] | None = None,
     keep_checkpoint: bool = False,
+    step_callbacks: Sequence[StepCallback] = (),
 ) -> TrainResult:
     """Train ``plm.prompt`` in place on ``train``; returns the trained prompt and history.
 
@@ -377,243 +668,63 @@ def train_prompt(
         written first). keep_checkpoint: when finished, keep a checkpoint of the finished run
         (the caller removes it with :func:`remove_checkpoint` once the result is stored, so an
         interruption in between loses nothing); otherwise it is removed, folder included.
+    step_callbacks: called after each step with its record (``step``, ``loss``, ``lr`` and,
+        on evaluation steps, ``dev``), e.g. a :class:`promptatlas.training.curves.CurveWriter`.
     """
-    prompt = plm.prompt
-    if prompt is None:
-        raise TrainConfigError("nothing to train: the PromptedLM has no prompt")
-    params = prompt.trainable_parameters()
-    if not params:
-        raise TrainConfigError("every prompt segment is frozen; nothing to train")
-    if not train:
-        raise TrainConfigError(f"no training examples for {formatter.name}")
+    prompt, params = _checked_prompt(plm, formatter, train)
     classification = (
         isinstance(formatter, TaskFormatter) and formatter.task.spec.kind == "classification"
     )
     lr, objective = resolve_training(config, prompt.method, formatter)
-    rank = objective == "rank"
-    if rank and not classification:
+    if objective == "rank" and not classification:
         raise TrainConfigError(
             f"objective 'rank' needs a classification task, not {formatter.name}; use 'lm'"
         )
-    pad = formatter.tokenizer.pad_token_id
-    if rank:
-        assert isinstance(formatter, TaskFormatter)
-        score_eos = bool(eval_config is not None and eval_config.score_eos)
-        suffixes = label_suffixes(formatter, score_eos)
-        reserve = max(len(x) for x in suffixes)
-        labels = list(formatter.task.labels)
-        encoded = []
-        for ex in train:
-            ctx = formatter.encode_context(ex, reserve=reserve)
-            encoded.append(EncodedExample(tuple(ctx), len(ctx)))
-        golds = torch.tensor([labels.index(str(ex.label)) for ex in train])
-        normalise = resolve_length_normalise(eval_config, formatter)
-    else:
-        encoded = [formatter.encode(ex) for ex in train]
-    total = config.total_steps(len(encoded))
+    batches = _encode(formatter, train, objective, eval_config)
+    total = config.total_steps(len(batches.encoded))
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total))
-    state: dict[str, Any] = {
-        "step": 0,
-        "history": [],
-        "best": None,
-        "best_step": None,
-        "bad_evals": 0,
-        "best_tensors": None,
-        "stopped_early": False,
-        # a committed step whose dev evaluation and record are not done yet (see finish_step)
-        "pending": None,
-    }
-    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    ckpt = folder / CHECKPOINT if folder is not None else None
     # The checkpoint interval does not change the result, so it is not part of the identity.
     fingerprint = _plain(
         {
             "train": {k: v for k, v in config.to_dict().items() if k != "checkpoint_every"},
-            "n_train": len(encoded),
+            "n_train": len(batches.encoded),
             "prompt": prompt.config.to_dict(),
         }
     )
-    if folder is not None and (folder / LEGACY_CHECKPOINT).exists():
-        raise CheckpointError(
-            f"{folder / LEGACY_CHECKPOINT} is a checkpoint of an older promptatlas (a pickle, "
-            "which is never opened because loading it could run arbitrary code); delete "
-            f"{folder} to start the run over"
-        )
-    saved_step: int | None = None
-    if ckpt is not None and ckpt.exists():
-        header, tensors = _read_checkpoint(ckpt)
-        if header.get("fingerprint") != fingerprint:
-            raise TrainConfigError(
-                f"{ckpt} belongs to a different configuration; delete {folder} or use another --out"
-            )
-        try:
-            prompt.load_state_tensors(
-                {k[len("prompt.") :]: v for k, v in tensors.items() if k.startswith("prompt.")}
-            )
-            optimizer.load_state_dict(_optimizer_state(header, tensors))
-            scheduler.load_state_dict(header["scheduler"])
-            state = dict(header["state"])
-        except (KeyError, ValueError, TypeError) as exc:
-            raise CheckpointError(
-                f"{ckpt} is damaged ({exc}); delete {folder} to start over"
-            ) from exc
-        state["best_tensors"] = (
-            {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
-            if header.get("has_best")
-            else None
-        )
-        saved_step = int(state["step"])
-
-    def save_checkpoint() -> None:
-        nonlocal saved_step
-        if ckpt is None:
-            return
-        _write_checkpoint(
-            ckpt,
-            {
-                "fingerprint": fingerprint,
-                "scheduler": scheduler.state_dict(),
-                "state": {k: v for k, v in state.items() if k != "best_tensors"},
-            },
-            prompt.state_tensors(),
-            optimizer,
-            state["best_tensors"],
-        )
-        saved_step = int(state["step"])
-
-    def dev_score() -> float:
-        assert dev is not None and isinstance(formatter, TaskFormatter)
-        subset = list(dev)[: config.dev_limit] if config.dev_limit else list(dev)
-        return evaluate(plm, formatter, subset, eval_config).score
-
-    def gradients(step: int) -> float:
-        """Forward and backward of one step; nothing that a checkpoint holds changes here."""
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum = 0.0
-        for micro in range(config.grad_accum):
-            index = step * config.grad_accum + micro
-            idx = _micro_batch(len(encoded), config.batch_size, config.seed, index)
-            batch = collate([encoded[i] for i in idx], pad)
-            if rank:
-                raw = rank_loss(plm, batch, golds[idx], suffixes, length_normalise=normalise)
-            else:
-                raw = target_loss(plm, batch)
-            loss = raw / config.grad_accum
-            loss.backward()
-            loss_sum += float(loss.detach())
-        return loss_sum
-
-    def commit(step: int, loss_sum: float) -> None:
-        if config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        state["step"] = step + 1
-        state["pending"] = {
-            "step": step + 1,
-            "loss": loss_sum,
-            "lr": float(scheduler.get_last_lr()[0]),
-        }
-
-    def finish_step() -> None:
-        """Dev evaluation and the record of the committed step; the state changes at the end,
-        so an interruption during evaluation leaves the step pending (redone on resume)."""
-        record: dict[str, float] = dict(state["pending"])
-        step = int(record["step"])
-        updates: dict[str, Any] = {}
-        if dev and config.eval_every and step % config.eval_every == 0:
-            score = dev_score()
-            record["dev"] = score
-            if on_eval is not None:
-                on_eval(step, score)
-            if state["best"] is None or score > state["best"]:
-                updates = {
-                    "best": score,
-                    "best_step": step,
-                    "bad_evals": 0,
-                    "best_tensors": prompt.state_tensors(),
-                }
-            else:
-                updates = {"bad_evals": state["bad_evals"] + 1}
-                if config.patience and updates["bad_evals"] >= config.patience:
-                    updates["stopped_early"] = True
-        state.update(updates, pending=None, history=[*state["history"], record])
-        shown = {"loss": f"{record['loss']:.4f}"}
-        if "dev" in record:
-            shown["dev"] = f"{record['dev']:.3f}"
-        bar.set_postfix(shown)
-        bar.update(1)
-
+    checkpoints = _Checkpoints(checkpoint_dir, fingerprint)
+    state = checkpoints.resume(prompt, optimizer, scheduler) or _TrainState()
     started = time.perf_counter()
     bar = tqdm(
         total=total,
-        initial=state["step"] - (1 if state["pending"] else 0),
+        initial=state.step - (1 if state.pending else 0),
         desc=f"train {formatter.name} {prompt.method}",
         disable=not progress,
         unit="step",
         dynamic_ncols=True,
     )
-    phase = "idle"
-    with _deferred_signals(ckpt is not None) as stop:
-        try:
-            if state["pending"]:
-                phase = "finish"
-                finish_step()
-            while state["step"] < total and not state["stopped_early"]:
-                step = state["step"]
-                phase = "gradients"
-                loss_sum = gradients(step)
-                phase = "commit"
-                commit(step, loss_sum)
-                phase = "finish"
-                finish_step()
-                phase = "idle"
-                last = state["step"] == total or state["stopped_early"]
-                due = config.checkpoint_every and state["step"] % config.checkpoint_every == 0
-                interrupted = stop_after is not None and state["step"] >= stop_after
-                if stop["signum"] is not None:
-                    break
-                if (due and not last) or interrupted:
-                    save_checkpoint()
-                if interrupted and not last:
-                    break
-            if stop["signum"] is not None:
-                # Asked to stop (even after the last step: the caller's evaluation and saving
-                # would follow); a rerun resumes here.
-                save_checkpoint()
-                raise TrainingInterrupted(
-                    state["step"], total, ckpt, saved_step, signum=stop["signum"]
-                )
-        except TrainingInterrupted:
-            raise
-        except KeyboardInterrupt as exc:
-            # Before the optimiser step nothing has changed, and after it the step is pending:
-            # either way the state is whole. Only an interrupt inside the update itself (a
-            # second Ctrl-C at that instant) leaves the last checkpoint as it was.
-            if ckpt is not None and phase != "commit":
-                save_checkpoint()
-            raise TrainingInterrupted(
-                state["step"], total, ckpt, saved_step, signum=stop["signum"]
-            ) from exc
-        finally:
-            bar.close()
-    finished = state["step"] >= total or state["stopped_early"]
-    if finished and state["best_tensors"] is not None:
-        prompt.load_state_tensors(state["best_tensors"])
-    if finished and folder is not None:
+    run = _Run(
+        plm, formatter, config, batches, state, params=params, optimizer=optimizer,
+        scheduler=scheduler, total=total, dev=dev, eval_config=eval_config, on_eval=on_eval,
+        step_callbacks=step_callbacks, bar=bar,
+    )  # fmt: skip
+
+    _train_until_stopped(run, checkpoints, stop_after)
+    if run.done and state.best_tensors is not None:
+        prompt.load_state_tensors(state.best_tensors)
+    if run.done and checkpoints.folder is not None:
         if keep_checkpoint:
-            save_checkpoint()
+            checkpoints.save(state, prompt, optimizer, scheduler)
         else:
-            remove_checkpoint(folder)
+            remove_checkpoint(checkpoints.folder)
     return TrainResult(
         prompt=prompt,
-        steps=state["step"],
-        history=copy.deepcopy(state["history"]),
-        best_dev=state["best"],
-        best_step=state["best_step"],
+        steps=state.step,
+        history=copy.deepcopy(state.history),
+        best_dev=state.best,
+        best_step=state.best_step,
         seconds=time.perf_counter() - started,
-        stopped_early=bool(state["stopped_early"]),
+        stopped_early=bool(state.stopped_early),
         lr=lr,
         objective=objective,
     )
