@@ -1,0 +1,411 @@
+"""Studies over several prompts: transferability indicators of a finished grid, and source
+suggestions for a new task (spec §B, docs/skill-neurons.md).
+
+* :func:`grid_indicators` — every indicator (embedding, ON per layer/window/all, skill-neuron
+  overlap and predictivity correlation) between the own prompts of a finished grid's tasks,
+  correlated (Spearman) with the transfer the grid measured, T(s→t) = transferred score /
+  target's own score, per target and pooled; tables, a bar chart and scatters.
+* :func:`suggest_sources` — rank the task prompts of a bank as sources for a new task by one
+  indicator, before any transfer training.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from promptatlas.analysis.indicators import (
+    EMBEDDING_INDICATORS,
+    IndicatorCorrelation,
+    Suggestion,
+    correlate_indicators,
+    pairwise_indicators,
+    probe_prompt_indicators,
+    probe_skill_indicators,
+    prompt_states,
+    rank_indicators,
+    suggest,
+)
+from promptatlas.analysis.skill import Predictivity, neuron_predictivity
+from promptatlas.bank import list_prompts, load_prompt, read_metadata
+from promptatlas.bank.store import versions
+from promptatlas.formatting import TaskFormatter
+from promptatlas.io import write_json_atomic
+from promptatlas.models import ModelHandle, load_model
+from promptatlas.models.precision import hardware_info
+from promptatlas.prompts import SoftPrompt
+from promptatlas.report.skill import indicator_bar_figure, indicator_csv, indicator_scatter_figure
+from promptatlas.tasks import get_task, load_split
+
+__all__ = [
+    "SKILL_INDICATORS",
+    "SUGGEST_INDICATOR",
+    "GridIndicators",
+    "grid_indicators",
+    "grid_transfer",
+    "suggest_sources",
+]
+
+Log = Callable[[str], Any]
+Pair = tuple[str, str]
+
+SKILL_INDICATORS: tuple[str, ...] = ("skill_overlap", "skill_corr")
+# The default indicator of ``suggest``: the Spearman ρ of the predictivity vectors. Wang et al.
+# find skill-neuron indicators better than ON; of the two, ρ uses every neuron and so is
+# less noisy than the overlap of the top 1% when the probe has only tens of examples.
+SUGGEST_INDICATOR = "skill_corr"
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+# -- the grid's measured transfer -------------------------------------------------------------
+
+
+@dataclass
+class GridTransfer:
+    """Transfer pairs of a grid: node = ``method/s<seed>/<task>-<lang>``; ``prompts`` the
+    own prompt directory of each node; ``transfer`` T(s→t) per (source node, target node)."""
+
+    prompts: dict[str, Path]
+    transfer: dict[Pair, float]
+    kinds: dict[Pair, str] = field(default_factory=dict)
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        value = float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def grid_transfer(grid_dir: str | Path) -> GridTransfer:
+    """The own prompts and the cross-task and cross-language transfer of a finished grid
+    (its ``report/cells.csv``, written by ``promptatlas grid``)."""
+    grid_dir = Path(grid_dir)
+    cells = grid_dir / "report" / "cells.csv"
+    if not cells.exists():
+        cells = grid_dir / "cells.csv"
+    if not cells.exists():
+        raise FileNotFoundError(
+            f"{grid_dir} holds no report/cells.csv; give the output folder of a finished "
+            "`promptatlas grid` run"
+        )
+    with open(cells, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    prompts: dict[str, Path] = {}
+    transfer: dict[Pair, float] = {}
+    kinds: dict[Pair, str] = {}
+
+    def node(r: Mapping[str, str], task: str, lang: str) -> str:
+        return f"{r['method']}/s{r['seed']}/{task}-{lang}"
+
+    for r in rows:
+        if r.get("kind") == "base" and r.get("prompt_dir"):
+            prompts[node(r, r["task"], r["lang"])] = Path(r["prompt_dir"])
+    for r in rows:
+        kind = r.get("kind")
+        if kind == "task":
+            src = node(r, r["source_task"], r["lang"])
+        elif kind == "language":
+            src = node(r, r["task"], r["source_lang"])
+        else:
+            continue
+        tgt = node(r, r["task"], r["lang"])
+        value = _float(r.get("relative"))
+        if value is None:
+            score, base = _float(r.get("score")), _float(r.get("baseline"))
+            value = score / base if score is not None and base else None
+        if value is not None:
+            transfer[(src, tgt)] = value
+            kinds[(src, tgt)] = "cross_task" if kind == "task" else "cross_language"
+    if not transfer:
+        raise ValueError(
+            f"{cells} has no finished cross-task or cross-language transfer cell; run the grid "
+            "to the end (or enable transfer.cross_task / cross_lang)"
+        )
+    return GridTransfer(prompts, transfer, kinds)
+
+
+# -- indicators of a grid ---------------------------------------------------------------------
+
+
+@dataclass
+class GridIndicators:
+    """Indicator values per pair, the measured transfer, and each indicator's correlation."""
+
+    values: dict[str, dict[Pair, float]]
+    transfer: dict[Pair, float]
+    correlations: dict[str, IndicatorCorrelation]
+    ranking: list[str]
+
+
+def _predictivity(
+    handle: ModelHandle,
+    prompt: SoftPrompt,
+    task: str,
+    lang: str,
+    *,
+    train_limit: int,
+    dev_limit: int,
+    state: str,
+    data_dir: str | None,
+    formatter: TaskFormatter | None = None,
+    log: Log | None = None,
+) -> Predictivity | None:
+    variant = get_task(task, lang)
+    if variant.spec.kind != "classification":
+        return None
+    fmt = formatter or TaskFormatter(handle.tokenizer, variant)
+    train = load_split(task, lang, "train", data_dir=data_dir, limit=train_limit)
+    dev = load_split(task, lang, "dev", data_dir=data_dir, limit=dev_limit)
+    try:
+        return neuron_predictivity(
+            handle, prompt, fmt, train, dev, state=state, name=f"{task}-{lang}"
+        )
+    except ValueError as exc:  # e.g. a class missing from a small held-out sample
+        if log is not None:
+            log(f"no predictivity for {task}-{lang}: {exc} (raise the train/dev limits)")
+        return None
+
+
+def grid_indicators(
+    grid_dir: str | Path,
+    out: str | Path,
+    *,
+    p: float = 0.01,
+    state: str = "down_input",
+    skill: bool = True,
+    train_limit: int = 128,
+    dev_limit: int = 128,
+    data_dir: str | None = None,
+    handle: ModelHandle | None = None,
+    log: Log = _quiet,
+) -> GridIndicators:
+    """Indicators between the own prompts of a finished grid, correlated with its measured
+    transfer. Skill-neuron indicators (``skill``) read each classification task's
+    predictivity through its own prompt (``train_limit``/``dev_limit`` examples). Writes
+    ``indicators.csv`` (ρ per indicator), ``indicators.png`` (bar chart), ``scatter.png``,
+    ``pairs.csv`` (every indicator and T per pair), ``indicators.json`` and ``run.json``."""
+    started = time.perf_counter()
+    grid = grid_transfer(grid_dir)
+    nodes = sorted({n for pair in grid.transfer for n in pair})
+    missing = [n for n in nodes if n not in grid.prompts]
+    if missing:
+        raise ValueError(f"the grid's own prompts are missing for {missing}")
+    metas = {n: read_metadata(grid.prompts[n]) for n in nodes}
+    models = sorted({m.model for m in metas.values()})
+    if len(models) > 1:
+        raise ValueError(f"the grid's prompts belong to several models {models}")
+    handle = handle or load_model(models[0])
+    prompts = {n: load_prompt(grid.prompts[n], handle).prompt.to(handle.device) for n in nodes}
+    log(f"{len(grid.transfer)} transfer pairs over {len(nodes)} prompts on {handle.name}")
+    first = metas[nodes[0]]
+    assert first.task is not None and first.lang is not None
+    separator = TaskFormatter(handle.tokenizer, get_task(first.task, first.lang), first.run.format)
+    values: dict[str, dict[Pair, float]] = {}
+    groups: dict[str, list[str]] = {}
+    for n in nodes:
+        groups.setdefault(n.rsplit("/", 1)[0], []).append(n)
+    for group in groups.values():
+        pairs = [pair for pair in grid.transfer if pair[0] in group and pair[1] in group]
+        states = prompt_states(handle, {n: prompts[n] for n in group}, separator, state=state)
+        preds: dict[str, Predictivity] = {}
+        if skill:
+            for n in group:
+                meta = metas[n]
+                assert meta.task is not None and meta.lang is not None
+                fmt = TaskFormatter(
+                    handle.tokenizer, get_task(meta.task, meta.lang), meta.run.format
+                )
+                pred = (
+                    _predictivity(
+                        handle,
+                        prompts[n],
+                        meta.task,
+                        meta.lang,
+                        train_limit=train_limit,
+                        dev_limit=dev_limit,
+                        state=state,
+                        data_dir=data_dir,
+                        formatter=fmt,
+                        log=log,
+                    )
+                    if fmt.task.spec.kind == "classification"
+                    else None
+                )
+                if pred is not None:
+                    preds[n] = pred
+        found = pairwise_indicators(
+            group,
+            prompts={n: prompts[n] for n in group},
+            states=states,
+            predictivities=preds or None,
+            p=p,
+            pairs=pairs,
+        )
+        for name, by_pair in found.items():
+            values.setdefault(name, {}).update(by_pair)
+    correlations = correlate_indicators(values, grid.transfer)
+    ranking = rank_indicators(correlations)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ordered = {k: correlations[k] for k in ranking}
+    indicator_csv(ordered, out / "indicators.csv")
+    main = [
+        k
+        for k in ranking
+        if k in (*EMBEDDING_INDICATORS, "on_all", "on_mean", *SKILL_INDICATORS, "skill_on")
+    ]
+    indicator_bar_figure({k: correlations[k] for k in main} or ordered, out / "indicators.png")
+    indicator_scatter_figure(correlations, out / "scatter.png", names=main or ranking[:8])
+    names = sorted(values)
+    with open(out / "pairs.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["source", "target", "kind", "transfer", *names])
+        for pair, t in sorted(grid.transfer.items()):
+            w.writerow(
+                [pair[0], pair[1], grid.kinds.get(pair, ""), t]
+                + [values[n].get(pair, "") for n in names]
+            )
+    write_json_atomic(
+        out / "indicators.json",
+        {
+            "grid": str(grid_dir),
+            "ranking": ranking,
+            "correlations": {k: c.to_dict() for k, c in correlations.items()},
+            "transfer": {f"{s}>{t}": v for (s, t), v in grid.transfer.items()},
+        },
+    )
+    write_json_atomic(
+        out / "run.json",
+        {
+            "kind": "indicators",
+            "grid": str(grid_dir),
+            "config": {
+                "p": p,
+                "state": state,
+                "skill": skill,
+                "train_limit": train_limit,
+                "dev_limit": dev_limit,
+                "data_dir": data_dir,
+            },
+            "model": handle.name,
+            "hardware": hardware_info(handle.device),
+            "versions": versions(),
+            "seconds": round(time.perf_counter() - started, 2),
+        },
+    )
+    for k in ranking[:10]:
+        c = correlations[k]
+        log(f"{k:14s} ρ mean {c.mean:+.3f} ± {c.std:.3f}  pooled {c.pooled:+.3f} (n={c.n_pairs})")
+    return GridIndicators(values, grid.transfer, correlations, ranking)
+
+
+# -- suggest sources for a new task -------------------------------------------------------------
+
+
+def suggest_sources(
+    task: str,
+    lang: str,
+    bank: str | Path,
+    *,
+    top: int = 3,
+    indicator: str = SUGGEST_INDICATOR,
+    probe_prompt: str | Path | None = None,
+    p: float = 0.01,
+    train_limit: int = 64,
+    dev_limit: int = 64,
+    data_dir: str | None = None,
+    model: str | None = None,
+    handle: ModelHandle | None = None,
+    log: Log = _quiet,
+) -> tuple[list[Suggestion], dict[str, dict[str, float]]]:
+    """Rank the task prompts of ``bank`` (one model) as transfer sources for ``task``/``lang``
+    by ``indicator``, before any transfer training. Returns the top suggestions and every
+    computed indicator per source.
+
+    Data needed: skill-neuron indicators (``skill_corr``, ``skill_overlap``; the default) read
+    ``train_limit`` labelled training and ``dev_limit`` held-out examples of the new task
+    (and as many of each source's task); embedding and ON indicators (``cos_*``, ``euc_*``,
+    ``on_*``) need ``probe_prompt``, a prompt of the new task trained for a few steps."""
+    target = get_task(task, lang)
+    skill_kind = indicator in SKILL_INDICATORS
+    if not skill_kind and probe_prompt is None:
+        raise ValueError(
+            f"indicator {indicator!r} compares prompts: give --probe-prompt (a prompt of the new "
+            f"task trained for a few steps), or use one of {', '.join(SKILL_INDICATORS)}"
+        )
+    if skill_kind and target.spec.kind != "classification":
+        raise ValueError(
+            f"skill-neuron indicators need a classification task; {target.name} is "
+            f"{target.spec.kind}: train a probe prompt and use e.g. --indicator on_all"
+        )
+    found = [
+        (d, m)
+        for d, m in list_prompts(bank)
+        if m.task is not None
+        and m.lang is not None
+        and (m.task, m.lang) != (target.spec.name, target.lang)
+        and (model is None or m.model == model)
+    ]
+    if not found:
+        raise ValueError(
+            f"no task prompts in {bank}"
+            + (f" for model {model}" if model else "")
+            + " other than the new task's own"
+        )
+    models = sorted({m.model for _, m in found})
+    if len(models) > 1:
+        raise ValueError(
+            f"the bank holds prompts of several models {models}; choose one with --model"
+        )
+    handle = handle or load_model(models[0])
+    names: dict[str, tuple[Path, Any]] = {}
+    for d, m in found:
+        name = d.name if d.name not in names else f"{d.parent.name}/{d.name}"
+        names[name] = (d, m)
+    prompts = {n: load_prompt(d, handle).prompt.to(handle.device) for n, (d, _) in names.items()}
+    values: dict[str, dict[str, float]] = {}
+    if skill_kind:
+        fmt = TaskFormatter(handle.tokenizer, target)
+        train = load_split(
+            target.spec.name, target.lang, "train", data_dir=data_dir, limit=train_limit
+        )
+        dev = load_split(target.spec.name, target.lang, "dev", data_dir=data_dir, limit=dev_limit)
+        sources: dict[str, tuple[SoftPrompt, Predictivity]] = {}
+        for n, (_d, m) in names.items():
+            pred = _predictivity(
+                handle,
+                prompts[n],
+                m.task,
+                m.lang,
+                train_limit=train_limit,
+                dev_limit=dev_limit,
+                state="down_input",
+                data_dir=data_dir,
+                formatter=TaskFormatter(handle.tokenizer, get_task(m.task, m.lang), m.run.format),
+                log=log,
+            )
+            if pred is None:
+                log(f"skipping {n}: no predictivity on its own task {m.task}-{m.lang}")
+                continue
+            sources[n] = (prompts[n], pred)
+        if not sources:
+            raise ValueError(f"no classification task prompts in {bank} to compare neurons with")
+        log(f"probing {target.name} through {len(sources)} source prompts")
+        values.update(probe_skill_indicators(handle, fmt, train, dev, sources, p=p))
+    if probe_prompt is not None:
+        probe = load_prompt(probe_prompt, handle).prompt.to(handle.device)
+        fmt = TaskFormatter(handle.tokenizer, target)
+        values.update(probe_prompt_indicators(handle, probe, prompts, fmt))
+    if indicator not in values:
+        raise ValueError(f"unknown indicator {indicator!r}; computed: {', '.join(sorted(values))}")
+    return suggest(values[indicator], indicator=indicator, top=top), values
