@@ -42,6 +42,7 @@ from promptatlas.defaults import defaults_for
 from promptatlas.evaluation.evaluate import EvalConfig, EvalResult, evaluate
 from promptatlas.evaluation.metrics import score_predictions
 from promptatlas.prompts.injection import PromptedForward, PromptedLM
+from promptatlas.prompts.kv import output_cache
 from promptatlas.prompts.soft_prompt import SoftPrompt
 
 __all__ = [
@@ -230,7 +231,7 @@ class AttemptLM(PromptedLM):
             out = handle.adapter.backbone(handle.model)(**kwargs)
         return PromptedForward(
             hidden=out.last_hidden_state[:, k:].to(handle.dtype),
-            past_key_values=getattr(out, "past_key_values", None) if use_cache else None,
+            past_key_values=output_cache(out) if use_cache else None,
             attentions=getattr(out, "attentions", None),
             hidden_states=getattr(out, "hidden_states", None),
         )

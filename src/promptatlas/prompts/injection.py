@@ -22,7 +22,7 @@ from torch import nn
 from promptatlas.models.precision import autocast_dtype
 from promptatlas.models.registry import ModelHandle
 from promptatlas.prompts.kv import cache_for as _cache_for
-from promptatlas.prompts.kv import token_key_values
+from promptatlas.prompts.kv import output_cache, token_key_values, with_cache
 from promptatlas.prompts.soft_prompt import SoftPrompt, check_context
 
 __all__ = ["PromptedForward", "PromptedLM", "autocast_dtype", "token_key_values"]
@@ -198,7 +198,7 @@ class PromptedLM:
                     position_ids = position_ids + prompt.length
                 kwargs["use_cache"] = True
         if past_key_values is not None:
-            kwargs["past_key_values"] = past_key_values
+            kwargs.update(with_cache(backbone, past_key_values))
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
         autocast = torch.autocast(
@@ -211,7 +211,7 @@ class PromptedLM:
         hidden = out.last_hidden_state[:, n_drop:].to(handle.dtype)
         return PromptedForward(
             hidden=hidden,
-            past_key_values=getattr(out, "past_key_values", None) if use_cache else None,
+            past_key_values=output_cache(out) if use_cache else None,
             attentions=getattr(out, "attentions", None),
             hidden_states=getattr(out, "hidden_states", None),
         )
@@ -254,8 +254,8 @@ class PromptedLM:
             backbone(
                 inputs_embeds=p,
                 attention_mask=torch.ones(1, k, dtype=attention_mask.dtype, device=self.device),
-                past_key_values=cache,
                 use_cache=True,
+                **with_cache(backbone, cache),
             )
         cache.batch_repeat_interleave(batch)
         positions = torch.arange(k, k + width, device=self.device).expand(batch, -1)
@@ -264,12 +264,12 @@ class PromptedLM:
                 input_ids=input_ids,
                 attention_mask=self.mask_with_prompt(attention_mask),
                 position_ids=positions,
-                past_key_values=cache,
                 use_cache=True,
+                **with_cache(backbone, cache),
             )
         return PromptedForward(
             hidden=out.last_hidden_state.to(handle.dtype),
-            past_key_values=out.past_key_values if use_cache else None,
+            past_key_values=output_cache(out) if use_cache else None,
         )
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
