@@ -164,6 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_analyze(sub)
     _add_models(sub)
     _add_tasks(sub)
+    _add_neurons(sub)
+    _add_indicators(sub)
+    _add_suggest(sub)
     return parser
 
 
@@ -1138,6 +1141,366 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- skill neurons and transferability indicators ----------------------------------------------
+
+
+def _skill_default(cls_name: str, name: str) -> Any:
+    """A default of the skill-neuron run configs (promptatlas.runs.neurons), for help texts."""
+    from promptatlas.runs import neurons
+
+    return getattr(getattr(neurons, cls_name)(), name)
+
+
+def _pct(values: Any) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def _add_neurons(sub: Any) -> None:
+    """The ``neurons`` command: find, perturb, prune, overlap."""
+    from promptatlas.analysis.skill import MODES, POSITIONS, STATES
+
+    p = sub.add_parser(
+        "neurons",
+        help="skill neurons of a stored prompt: find, perturb, prune, overlap",
+        description="Skill neurons (Wang et al. 2022) of a stored task prompt: the FFN neurons "
+        "whose activation at the decoding token predicts the label. `find` scores every "
+        "neuron, `perturb` and `prune` test what the top ones do, `overlap` compares tasks or "
+        "languages. Definitions: docs/skill-neurons.md.",
+    )
+    nsub = p.add_subparsers(dest="neurons_command", required=True, metavar="STEP")
+    f = nsub.add_parser(
+        "find",
+        help="predictivity of every FFN neuron; skill neurons per p",
+        description="Predictivity of every FFN neuron for the prompt's task: thresholds = "
+        "training means, accuracy on the dev split, max over polarity (multi-class: "
+        "one-vs-rest balanced accuracy, averaged). Writes predictivity.npz/.json (read by "
+        "perturb/prune/overlap), by_layer.csv/.png, skill_<p>pct.csv/.json, best_neuron.png and "
+        "run.json into --out.",
+    )
+    f.add_argument("--prompt", required=True, help="a task prompt directory (its model and task)")
+    f.add_argument("--out", required=True, help="output folder")
+    f.add_argument(
+        "--state",
+        choices=STATES,
+        default=None,
+        help="down_input (default): the input of the FFN down-projection; gate: the gate "
+        "pre-activation (gated FFNs; GPT-2: c_fc output)",
+    )
+    f.add_argument(
+        "--position",
+        choices=POSITIONS,
+        default=None,
+        help="where to read: decoding (default; the last context token), input_mean, "
+        "input_max, last_k",
+    )
+    f.add_argument("--k", type=int, default=None, help="positions for last_k (default 1)")
+    f.add_argument("--layers", default=None, help="layers to score, e.g. 4-17 (default: all)")
+    f.add_argument(
+        "--train-limit",
+        type=int,
+        default=None,
+        help=f"training examples for the thresholds (default "
+        f"{_skill_default('FindConfig', 'train_limit')})",
+    )
+    f.add_argument(
+        "--dev-limit",
+        type=int,
+        default=None,
+        help=f"held-out examples for the accuracies (default "
+        f"{_skill_default('FindConfig', 'dev_limit')})",
+    )
+    f.add_argument(
+        "--p",
+        default=None,
+        help=f"skill-neuron fractions to store (default "
+        f"{_pct(_skill_default('FindConfig', 'ps'))})",
+    )
+    f.add_argument("--batch-size", type=int, default=None)
+    f.add_argument("--data-dir", default=None, help="folder laid out like shared/data")
+
+    q = nsub.add_parser(
+        "perturb",
+        help="perturb the top-p skill neurons vs random and least predictive ones",
+        description="Evaluate the prompt on its test split with the top-p skill neurons of "
+        "--skill perturbed (every position), against the same per-layer number of random "
+        "neurons (disjoint, several seeds: mean ± std) and of the least predictive neurons. "
+        "Writes perturbation.csv/.png/.json and run.json into --out.",
+    )
+    q.add_argument("--prompt", required=True, help="the prompt to evaluate (a task prompt)")
+    q.add_argument("--skill", required=True, help="a `neurons find` output folder")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument(
+        "--mode",
+        choices=MODES,
+        default=None,
+        help=f"zero, mean (training mean at the decoding token) or gaussian noise (default "
+        f"{_skill_default('PerturbConfig', 'mode')})",
+    )
+    q.add_argument(
+        "--sigma",
+        type=float,
+        default=None,
+        help=f"gaussian σ (default {_skill_default('PerturbConfig', 'sigma')})",
+    )
+    q.add_argument(
+        "--top",
+        default=None,
+        help=f"fractions p of skill neurons per layer, e.g. 0.01,0.02,0.05 or 1%%,2%% (default "
+        f"{_pct(_skill_default('PerturbConfig', 'ps'))})",
+    )
+    q.add_argument(
+        "--random-seeds",
+        type=int,
+        default=None,
+        help=f"random controls (default {_skill_default('PerturbConfig', 'n_random')})",
+    )
+    q.add_argument("--test-limit", type=int, default=None, help="test examples (default: all)")
+    q.add_argument("--data-dir", default=None, help="folder laid out like shared/data")
+
+    r = nsub.add_parser(
+        "prune",
+        help="slice FFNs to the skill neurons; parameters, score, forward time",
+        description="Keep ⌈keep·D⌉ neurons in each chosen layer (the skill neurons first, "
+        "then the next most predictive), fold the removed neurons' training mean into the "
+        "down-projection bias, and compare with the unpruned model and random pruning: kept "
+        "parameters, test score, forward-time ratio. Writes pruning.csv/.json and run.json.",
+    )
+    r.add_argument("--prompt", required=True, help="a task prompt directory")
+    r.add_argument("--skill", required=True, help="a `neurons find` output folder")
+    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--layers", default=None, help="layers to prune, e.g. 4-17 (default ⌊L/4⌋..L−1)")
+    r.add_argument(
+        "--keep",
+        type=float,
+        default=None,
+        help=f"fraction of neurons kept per pruned layer (default "
+        f"{_skill_default('PruneConfig', 'keep')})",
+    )
+    r.add_argument(
+        "--mean",
+        choices=("tokens", "decoding", "zero"),
+        default=None,
+        help="μ folded into the bias: mean over training tokens (default), at the decoding "
+        "token, or zero",
+    )
+    r.add_argument("--no-random", action="store_true", help="skip the random-pruning control")
+    r.add_argument("--test-limit", type=int, default=None, help="test examples (default: all)")
+    r.add_argument("--data-dir", default=None, help="folder laid out like shared/data")
+
+    o = nsub.add_parser(
+        "overlap",
+        help="skill-neuron overlap and predictivity correlation between find folders",
+        description="Overlap |S_a ∩ S_b| / |S_a| of the top-p skill neurons (chance level: p) "
+        "and Spearman ρ of the predictivity vectors between `neurons find` folders, e.g. the "
+        "same task in English and Korean. No model is loaded.",
+    )
+    o.add_argument("--skill", nargs="+", required=True, help="two or more `neurons find` folders")
+    o.add_argument("--out", required=True, help="output folder")
+    o.add_argument("--p", default="0.01", help="fractions, e.g. 0.01,0.05 (default 0.01)")
+    for a in (f, q, r):
+        _add_precision(a)
+        a.add_argument(
+            "--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if present)"
+        )
+        a.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _add_indicators(sub: Any) -> None:
+    """The ``indicators`` command."""
+    p = sub.add_parser(
+        "indicators",
+        help="Spearman ρ of each transferability indicator with a grid's measured transfer",
+        description="Embedding similarity, ON (per layer, per window of 3 layers, overall) and "
+        "skill-neuron indicators between the own prompts of a finished `promptatlas grid` run, "
+        "correlated with the transfer it measured (transferred / own score): per target, mean ± "
+        "std, and pooled with its p-value. Writes indicators.csv/.png/.json, scatter.png, "
+        "pairs.csv and run.json.",
+    )
+    p.add_argument("--grid", required=True, help="the output folder of a finished grid")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--p", type=float, default=0.01, help="skill-neuron fraction (default 0.01)")
+    p.add_argument(
+        "--no-skill",
+        action="store_true",
+        help="skip the skill-neuron indicators (they read each task's train/dev examples)",
+    )
+    p.add_argument("--train-limit", type=int, default=128, help="per task (default 128)")
+    p.add_argument("--dev-limit", type=int, default=128, help="per task (default 128)")
+    p.add_argument("--data-dir", default=None, help="folder laid out like shared/data")
+    p.add_argument("--device", default=None)
+
+
+def _add_suggest(sub: Any) -> None:
+    """The ``suggest`` command."""
+    from promptatlas.studies.skill import SKILL_INDICATORS, SUGGEST_INDICATOR
+
+    p = sub.add_parser(
+        "suggest",
+        help="rank a bank's prompts as transfer sources for a new task, before training",
+        description="Rank the task prompts of --bank as sources for a new task by one "
+        f"indicator. Skill-neuron indicators ({', '.join(SKILL_INDICATORS)}) need --train-limit "
+        "labelled training and --dev-limit held-out examples of the new task (tens suffice) and "
+        "no prompt of it; embedding and ON indicators (cos_flat, on_all, ...) need "
+        "--probe-prompt, a prompt of the new task trained for a few steps.",
+    )
+    p.add_argument("--task", required=True, help="the new task (a registered name or task file)")
+    p.add_argument("--lang", required=True, help="its language")
+    p.add_argument("--bank", required=True, help="a folder of prompt directories (one model)")
+    p.add_argument("--top", type=int, default=3, help="sources to list (default 3)")
+    p.add_argument("--indicator", default=SUGGEST_INDICATOR, help=f"default {SUGGEST_INDICATOR}")
+    p.add_argument("--probe-prompt", default=None, help="a prompt of the new task")
+    p.add_argument("--train-limit", type=int, default=64, help="default 64")
+    p.add_argument("--dev-limit", type=int, default=64, help="default 64")
+    p.add_argument("--model", default=None, help="only the bank's prompts of this model")
+    p.add_argument("--out", default=None, help="also write the ranking and values as JSON")
+    p.add_argument("--data-dir", default=None, help="folder laid out like shared/data")
+    p.add_argument("--device", default=None)
+
+
+def _neurons_config(cls: Any, args: argparse.Namespace, **values: Any) -> Any:
+    """The run config: the library defaults, overridden by the options given."""
+    given = {k: v for k, v in values.items() if v is not None}
+    given["precision"] = args.precision
+    return cls(**given)
+
+
+def _cmd_neurons(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from promptatlas.outputs import check_output_path
+    from promptatlas.runs import neurons as runs
+
+    check_output_path(args.out, kind="folder", what="results folder")  # before models load
+    log = print
+    if args.neurons_command == "overlap":
+        for p in runs.parse_fractions(args.p):
+            sub = Path(args.out) if "," not in args.p else Path(args.out) / f"p{p * 100:g}pct"
+            runs.overlap_run(args.skill, sub, p=p, log=log)
+        print(f"tables and figures in {args.out}")
+        return 0
+    if args.neurons_command == "find":
+        cfg = _neurons_config(
+            runs.FindConfig,
+            args,
+            state=args.state,
+            position=args.position,
+            k=args.k,
+            layers=runs.parse_layers(args.layers) if args.layers else None,
+            train_limit=args.train_limit,
+            dev_limit=args.dev_limit,
+            ps=runs.parse_fractions(args.p) if args.p else None,
+            batch_size=args.batch_size,
+            data_dir=args.data_dir,
+        )
+        source = runs.load_source(args.prompt, device=args.device, precision=cfg.precision)
+        runs.find_neurons(args.prompt, args.out, cfg, source=source, log=log)
+    elif args.neurons_command == "perturb":
+        cfg = _neurons_config(
+            runs.PerturbConfig,
+            args,
+            mode=args.mode,
+            sigma=args.sigma,
+            ps=runs.parse_fractions(args.top) if args.top else None,
+            n_random=args.random_seeds,
+            test_limit=args.test_limit,
+            data_dir=args.data_dir,
+        )
+        runs.load_skill(args.skill)  # a wrong folder fails before the model loads
+        source = runs.load_source(args.prompt, device=args.device, precision=cfg.precision)
+        runs.perturb_neurons_run(args.prompt, args.skill, args.out, cfg, source=source, log=log)
+    else:
+        cfg = _neurons_config(
+            runs.PruneConfig,
+            args,
+            layers=runs.parse_layers(args.layers) if args.layers else None,
+            keep=args.keep,
+            mean_source=args.mean,
+            random_control=False if args.no_random else None,
+            test_limit=args.test_limit,
+            data_dir=args.data_dir,
+        )
+        runs.load_skill(args.skill)
+        source = runs.load_source(args.prompt, device=args.device, precision=cfg.precision)
+        runs.prune_run(args.prompt, args.skill, args.out, cfg, source=source, log=log)
+    print(f"tables, figures and run.json in {args.out}")
+    return 0
+
+
+def _cmd_indicators(args: argparse.Namespace) -> int:
+    from promptatlas.outputs import check_output_path
+    from promptatlas.studies.skill import grid_indicators, grid_transfer
+
+    check_output_path(args.out, kind="folder", what="results folder")
+    grid_transfer(args.grid)  # a folder that is not a finished grid fails before the model loads
+    handle = None
+    if args.device:
+        from promptatlas.bank import read_metadata
+        from promptatlas.models import load_model
+
+        first = next(iter(grid_transfer(args.grid).prompts.values()))
+        handle = load_model(read_metadata(first).model, device=args.device)
+    grid_indicators(
+        args.grid,
+        args.out,
+        p=args.p,
+        skill=not args.no_skill,
+        train_limit=args.train_limit,
+        dev_limit=args.dev_limit,
+        data_dir=args.data_dir,
+        handle=handle,
+        log=print,
+    )
+    print(f"tables and figures in {args.out}")
+    return 0
+
+
+def _cmd_suggest(args: argparse.Namespace) -> int:
+    from promptatlas.studies.skill import suggest_sources
+
+    if args.out:
+        from promptatlas.outputs import check_output_path
+
+        check_output_path(args.out, kind="file", what="JSON file")
+    handle = None
+    if args.device and args.model:
+        from promptatlas.models import load_model
+
+        handle = load_model(args.model, device=args.device)
+    ranked, values = suggest_sources(
+        _name(args.task),
+        _name(args.lang),
+        args.bank,
+        top=args.top,
+        indicator=args.indicator,
+        probe_prompt=args.probe_prompt,
+        train_limit=args.train_limit,
+        dev_limit=args.dev_limit,
+        data_dir=args.data_dir,
+        model=args.model,
+        handle=handle,
+        log=print,
+    )
+    print(f"sources for {args.task}-{args.lang} by {args.indicator}:")
+    for s in ranked:
+        print(f"  {s.rank}. {s.source}  {s.value:+.4f}")
+    if args.out:
+        from pathlib import Path
+
+        from promptatlas.io import write_json_atomic
+
+        write_json_atomic(
+            Path(args.out),
+            {
+                "task": args.task,
+                "lang": args.lang,
+                "indicator": args.indicator,
+                "ranking": [{"rank": s.rank, "source": s.source, "value": s.value} for s in ranked],
+                "values": values,
+            },
+        )
+    return 0
+
+
 _COMMANDS = {
     "train": _cmd_train,
     "eval": _cmd_eval,
@@ -1153,6 +1516,9 @@ _COMMANDS = {
     "models": _cmd_models,
     "tasks": _cmd_tasks,
     "predict": _cmd_predict,
+    "neurons": _cmd_neurons,
+    "indicators": _cmd_indicators,
+    "suggest": _cmd_suggest,
 }
 
 
