@@ -280,7 +280,10 @@ def _pca_2d(x: np.ndarray) -> np.ndarray:
     if x.shape[1] == 1:
         return np.concatenate([centred, np.zeros_like(centred)], axis=1)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    return np.asarray(centred @ vt[:2].T)
+    xy = np.asarray(centred @ vt[:2].T)
+    if xy.shape[1] < 2:  # fewer vectors than two: the missing axis is zero
+        xy = np.concatenate([xy, np.zeros((xy.shape[0], 2 - xy.shape[1]))], axis=1)
+    return xy
 
 
 def plot_intrinsic_pca(
