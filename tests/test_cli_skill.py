@@ -1,0 +1,270 @@
+"""The skill-neuron and indicator commands end to end on tiny models: `neurons find / perturb /
+prune / overlap`, `indicators` over a grid's cells table, `suggest` over a bank; their files,
+run records and one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from promptatlas.cli import main
+from promptatlas.runs.neurons import parse_fractions, parse_layers
+from promptatlas.studies.skill import grid_transfer
+
+PNG = b"\x89PNG\r\n\x1a\n"
+MODEL = "tiny-llama"  # a gated FFN (gate/up/down)
+
+
+def _train(out: Path, task: str, lang: str) -> Path:
+    argv = ["train", "--model", MODEL, "--task", task, "--lang", lang, "--method", "v1",
+            "--steps", "1", "--train-limit", "8", "--test-limit", "4", "--length", "2",
+            "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("skill-bank") / "bank"
+    for task in ("sa", "nli"):
+        for lang in ("en", "ko"):
+            _train(root / f"{task}-{lang}", task, lang)
+    return root
+
+
+@pytest.fixture(scope="module")
+def found(bank: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("skill-find")
+    dirs = {}
+    for name in ("sa-en", "sa-ko"):
+        d = out / name
+        argv = ["neurons", "find", "--prompt", str(bank / name), "--out", str(d), "--train-limit",
+                "16", "--dev-limit", "16", "--p", "0.05,0.1", "--quiet"]  # fmt: skip
+        assert main(argv) == 0
+        dirs[name] = d
+    return dirs
+
+
+def _one_line(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("promptatlas: error:") and err.count("\n") == 1, err
+    assert needle in err, err
+
+
+def test_find_writes_the_predictivity_and_the_run_record(found: dict[str, Path]) -> None:
+    d = found["sa-en"]
+    for name in ("by_layer.png", "best_neuron.png"):
+        assert (d / name).read_bytes()[:8] == PNG
+    for name in ("predictivity.npz", "by_layer.csv", "skill_5pct.json", "skill_10pct.csv"):
+        assert (d / name).exists(), name
+    meta = json.loads((d / "predictivity.json").read_text())
+    assert meta["summary"]["n_train"] == 16 and meta["summary"]["n_dev"] == 16
+    assert 0.5 <= meta["summary"]["best"]["predictivity"] <= 1.0
+    run = json.loads((d / "run.json").read_text())
+    assert run["kind"] == "neurons-find"
+    assert run["config"]["train_limit"] == 16 and run["config"]["state"] == "down_input"
+    assert run["resolved_precision"] in ("fp32", "bf16")
+    assert "cpu" in run["hardware"] and "torch" in run["versions"]
+    assert run["prompt"]["task"] == "sa" and run["prompt"]["lang"] == "en"
+
+
+def test_perturb_compares_skill_random_and_least(
+    bank: Path, found: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "perturb"
+    argv = ["neurons", "perturb", "--prompt", str(bank / "sa-en"), "--skill", str(found["sa-en"]),
+            "--mode", "zero", "--top", "5%,10%", "--random-seeds", "2", "--test-limit", "6",
+            "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    with open(out / "perturbation.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["p"]) for r in rows] == [0.05, 0.1]
+    data = json.loads((out / "perturbation.json").read_text())
+    assert data["n_test"] == 6
+    for r in data["results"]:
+        assert r["mode"] == "zero" and r["random_seeds"] == [0, 1]
+        assert r["least"] is not None
+    assert (out / "perturbation.png").read_bytes()[:8] == PNG
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["n_random"] == 2 and run["config"]["ps"] == [0.05, 0.1]
+
+
+def test_prune_reports_params_score_and_time(
+    bank: Path, found: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "prune"
+    argv = ["neurons", "prune", "--prompt", str(bank / "sa-en"), "--skill", str(found["sa-en"]),
+            "--layers", "1-2", "--keep", "0.25", "--test-limit", "6", "--out", str(out),
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads((out / "pruning.json").read_text())["rows"]
+    assert [r["setting"] for r in rows] == ["unpruned", "skill", "random"]
+    assert rows[1]["params"] == rows[2]["params"] < rows[0]["params"]
+    assert rows[1]["layers"] == "1-2" and rows[0]["time_ratio"] == 1.0
+    assert all(r["time_ratio"] > 0 for r in rows)
+    assert (out / "pruning.csv").exists()
+
+
+def test_overlap_of_a_folder_with_itself_is_one(found: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "ov"
+    argv = ["neurons", "overlap", "--skill", str(found["sa-en"]), str(found["sa-ko"]),
+            "--p", "0.05", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads((out / "overlap.json").read_text())
+    assert data["names"] == ["sa-en", "sa-ko"]
+    assert data["overlap"][0][0] == 1.0 and data["correlation"][1][1] == 1.0
+    assert 0.0 <= data["overlap"][0][1] <= 1.0
+    assert (out / "overlap.png").read_bytes()[:8] == PNG
+
+
+def test_neuron_errors_are_one_line(
+    bank: Path, found: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x = str(tmp_path / "x")
+    _one_line(
+        capsys,
+        [
+            "neurons",
+            "perturb",
+            "--prompt",
+            str(bank / "sa-en"),
+            "--skill",
+            str(tmp_path),
+            "--out",
+            x,
+        ],
+        "neurons find",
+    )
+    _one_line(
+        capsys,
+        ["neurons", "find", "--prompt", str(tmp_path / "missing"), "--out", x],
+        "not a prompt directory",
+    )
+    _one_line(
+        capsys,
+        [
+            "neurons",
+            "perturb",
+            "--prompt",
+            str(bank / "sa-en"),
+            "--skill",
+            str(found["sa-en"]),
+            "--top",
+            "0.5,7",
+            "--out",
+            x,
+        ],
+        "not in (0, 1]",
+    )
+    _one_line(
+        capsys,
+        ["neurons", "find", "--prompt", str(bank / "sa-en"), "--layers", "2-40", "--out", x],
+        "do not exist",
+    )
+    _one_line(
+        capsys, ["neurons", "overlap", "--skill", str(found["sa-en"]), "--out", x], "at least two"
+    )
+
+
+def _cells(bank: Path, path: Path) -> Path:
+    """A grid's cells table (the columns `promptatlas grid` writes) over the tiny bank."""
+    fields = ["kind", "method", "seed", "source_task", "source_lang", "task", "lang", "score",
+              "baseline", "relative", "prompt_dir"]  # fmt: skip
+    rows = []
+    for name in ("sa-en", "sa-ko", "nli-en", "nli-ko"):
+        task, lang = name.split("-")
+        rows.append(["base", "v1", 1, "", "", task, lang, 0.6, "", "", str(bank / name)])
+    transfer = [
+        ("task", "nli", "en", "sa", "en", 1.1),
+        ("task", "sa", "en", "nli", "en", 0.9),
+        ("task", "nli", "ko", "sa", "ko", 1.0),
+        ("task", "sa", "ko", "nli", "ko", 0.95),
+        ("language", "sa", "en", "sa", "ko", 1.2),
+        ("language", "sa", "ko", "sa", "en", 0.8),
+        ("language", "nli", "en", "nli", "ko", 1.05),
+        ("language", "nli", "ko", "nli", "en", 0.85),
+    ]
+    for kind, st, sl, t, lang, rel in transfer:
+        rows.append([kind, "v1", 1, st, sl, t, lang, 0.6 * rel, 0.6, rel, ""])
+    path.mkdir(parents=True)
+    with open(path / "cells.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        w.writerows(rows)
+    return path
+
+
+def test_grid_transfer_reads_the_cells_table(bank: Path, tmp_path: Path) -> None:
+    _cells(bank, tmp_path / "grid" / "report")
+    g = grid_transfer(tmp_path / "grid")
+    assert len(g.transfer) == 8 and len(g.prompts) == 4
+    assert g.transfer[("v1/s1/nli-en", "v1/s1/sa-en")] == pytest.approx(1.1)
+    assert g.kinds[("v1/s1/sa-en", "v1/s1/sa-ko")] == "cross_language"
+
+
+def test_indicators_correlate_each_indicator_with_transfer(
+    bank: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _cells(bank, tmp_path / "grid" / "report")
+    out = tmp_path / "ind"
+    argv = ["indicators", "--grid", str(tmp_path / "grid"), "--out", str(out),
+            "--train-limit", "16", "--dev-limit", "16", "--p", "0.05"]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads((out / "indicators.json").read_text())
+    for name in ("cos_flat", "cos_tok", "on_all", "on_l0", "skill_overlap", "skill_corr"):
+        assert name in data["correlations"], name
+        assert data["correlations"][name]["n_pairs"] + data["correlations"][name]["skipped"] == 8
+    assert set(data["ranking"]) == set(data["correlations"])
+    with open(out / "pairs.csv", encoding="utf-8") as f:
+        assert len(list(csv.DictReader(f))) == 8
+    assert (out / "indicators.png").read_bytes()[:8] == PNG
+    assert (out / "scatter.png").read_bytes()[:8] == PNG
+    _one_line(
+        capsys, ["indicators", "--grid", str(tmp_path), "--out", str(out)], "report/cells.csv"
+    )
+
+
+def test_suggest_ranks_other_prompts(
+    bank: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "s.json"
+    argv = ["suggest", "--task", "SA", "--lang", "en", "--bank", str(bank), "--top", "2",
+            "--train-limit", "16", "--dev-limit", "16", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    assert [r["rank"] for r in data["ranking"]] == [1, 2]
+    assert "sa-en" not in data["values"]["skill_corr"]  # the new task's own prompt is no source
+    assert set(data["values"]["skill_corr"]) == {"sa-ko", "nli-en", "nli-ko"}
+    values = [r["value"] for r in data["ranking"]]
+    assert values == sorted(values, reverse=True)
+    _one_line(
+        capsys,
+        ["suggest", "--task", "sa", "--lang", "en", "--bank", str(bank), "--indicator", "cos_flat"],
+        "--probe-prompt",
+    )
+
+
+def test_suggest_with_a_probe_prompt_gives_prompt_indicators(bank: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s.json"
+    argv = ["suggest", "--task", "sa", "--lang", "en", "--bank", str(bank), "--indicator",
+            "on_all", "--probe-prompt", str(bank / "sa-en"), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["indicator"] == "on_all" and len(data["ranking"]) == 3
+    assert "cos_flat" in data["values"] and "skill_corr" not in data["values"]
+
+
+def test_parsers() -> None:
+    assert parse_fractions("0.01, 2%,0.05") == (0.01, 0.02, 0.05)
+    assert parse_layers("4-6,1") == (1, 4, 5, 6)
+    with pytest.raises(ValueError, match="bad layers"):
+        parse_layers("6-4")
+    with pytest.raises(ValueError, match="do not exist"):
+        parse_layers("0-18", 18)
+    with pytest.raises(ValueError, match="bad fraction"):
+        parse_fractions("x")
