@@ -8,10 +8,13 @@ results database.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
 import warnings
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,15 +45,68 @@ from promptatlas.training import (
     remove_checkpoint,
     train_prompt,
 )
+from promptatlas.training.curves import CurveWriter, StepCallback, plot_curve
 
 __all__ = [
     "RunConfig",
     "RunResult",
+    "curve_path",
     "evaluate_stored",
     "init_seed",
     "load_examples",
+    "recording_curve",
+    "tensorboard_available",
     "train_run",
 ]
+
+
+def curve_path(results: str | Path, prompt_dir: str | Path) -> Path:
+    """Where the training curve of the prompt at ``prompt_dir`` goes in a results folder:
+    ``<results>/curves/<prompt directory name>.jsonl`` (its PNG beside it)."""
+    return Path(results) / "curves" / f"{Path(prompt_dir).name}.jsonl"
+
+
+def tensorboard_available(notice: bool = True) -> bool:
+    """Whether TensorBoard event files can be written (``pip install promptatlas[tensorboard]``);
+    with ``notice`` a missing install is said once, in one line, on standard error."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        if notice:
+            print(
+                "promptatlas: --tensorboard needs TensorBoard (pip install "
+                "'promptatlas[tensorboard]'); training goes on, its curves are written as JSONL "
+                "and PNG only",
+                file=sys.stderr,
+            )
+        return False
+    return True
+
+
+@contextmanager
+def recording_curve(
+    curve: str | Path | None,
+    *,
+    tensorboard: str | Path | None = None,
+    fresh: bool = False,
+) -> Iterator[list[StepCallback]]:
+    """The step callbacks that record a training curve: one JSON line per step in ``curve``
+    (appended to on a resumed run; started over with ``fresh``) and TensorBoard event files in
+    ``tensorboard``; when the block ends the curve is drawn as the PNG beside it. Yields no
+    callback when ``curve`` is None."""
+    if curve is None:
+        yield []
+        return
+    path = Path(curve)
+    if fresh:
+        path.unlink(missing_ok=True)
+    writer = CurveWriter(path, tensorboard=tensorboard, notice=lambda _: None)
+    try:
+        yield [writer]
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ValueError):  # a figure must not fail the run
+            plot_curve(path, path.with_suffix(".png"))
 
 
 def _sub(cls: Any, value: Any, path: str) -> Any:
@@ -184,6 +240,8 @@ def train_run(
     prompt: SoftPrompt | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    curve: str | Path | None = None,
+    tensorboard: str | Path | None = None,
 ) -> RunResult:
     """Train one prompt and store it at ``out`` (see module docstring).
 
@@ -191,10 +249,14 @@ def train_run(
     one. An interrupted run resumes from its checkpoint (``.NAME.checkpoint`` beside ``out``)
     when called again. ``out`` is checked before the model loads; a prompt already there is
     replaced only with ``overwrite`` or when this call resumes the run that replaces it.
+    ``curve``: a JSONL file that receives the training curve step by step (drawn as a PNG
+    beside it at the end; see :func:`recording_curve`); ``tensorboard``: a folder for
+    TensorBoard event files of the same curve.
     """
     out = Path(out)
     checkpoints = checkpoint_dir_for(out)
-    replace = overwrite or has_checkpoint(checkpoints)
+    resuming = has_checkpoint(checkpoints)
+    replace = overwrite or resuming
     check_prompt_target(out, overwrite=replace)
     handle = handle or load_model(
         cfg.model, device=cfg.device, attn_implementation=cfg.attn_implementation
@@ -207,17 +269,19 @@ def train_run(
     prompt = build_prompt(cfg, handle, formatter) if prompt is None else prompt
     plm = PromptedLM(handle, prompt, autocast_dtype=autocast_dtype(cfg.precision, handle.device))
     untrained = evaluate(plm, formatter, test, cfg.eval) if cfg.baseline else None
-    result = train_prompt(
-        plm,
-        formatter,
-        train,
-        cfg.train,
-        dev=dev,
-        eval_config=cfg.eval,
-        checkpoint_dir=checkpoints,
-        progress=progress,
-        keep_checkpoint=True,  # until the prompt is stored: an interrupt meanwhile loses nothing
-    )
+    with recording_curve(curve, tensorboard=tensorboard, fresh=not resuming) as callbacks:
+        result = train_prompt(
+            plm,
+            formatter,
+            train,
+            cfg.train,
+            dev=dev,
+            eval_config=cfg.eval,
+            checkpoint_dir=checkpoints,
+            progress=progress,
+            keep_checkpoint=True,  # until the prompt is stored: an interrupt loses nothing
+            step_callbacks=callbacks,
+        )
     trained = evaluate(plm, formatter, test, cfg.eval)
     metrics: dict[str, Any] = {"test": _summary(trained)}
     if untrained is not None:

@@ -201,6 +201,8 @@ def transfer_run(
     db: ResultsDB | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    curve: str | Path | None = None,
+    tensorboard: str | Path | None = None,
 ) -> TransferResult:
     """Transfer the prompt at ``source_dir`` to ``cfg.task``/``cfg.lang`` and train it.
 
@@ -210,7 +212,7 @@ def transfer_run(
     and the convergence comparison (``cfg.train.eval_every`` must be > 0 for convergence).
     The untrained evaluation of the run is the zero-shot score of the initial prompt.
     ``out`` is checked before the model loads (see :func:`~promptatlas.runs.train.train_run`
-    for ``overwrite``).
+    for ``overwrite``, ``curve`` and ``tensorboard``).
     """
     check_prompt_target(out, overwrite=overwrite or has_checkpoint(checkpoint_dir_for(out)))
     handle = handle or load_model(
@@ -237,8 +239,9 @@ def transfer_run(
     cfg = dataclasses.replace(cfg, prompt=prompt.config, lang_prompt=None)
     source_name = f"{meta.task}-{meta.lang}"
     run = train_run(
-        cfg, out, handle=handle, db=None, prompt=prompt, progress=progress, overwrite=overwrite
-    )
+        cfg, out, handle=handle, db=None, prompt=prompt, progress=progress, overwrite=overwrite,
+        curve=curve, tensorboard=tensorboard,
+    )  # fmt: skip
     base_test, base_best, base_steps, base_examples, untrained = _baseline_numbers(baseline_dir)
     steps = None
     if base_best is not None:

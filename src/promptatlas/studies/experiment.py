@@ -51,7 +51,8 @@ from promptatlas.formatting import FormatConfig
 from promptatlas.io import write_text_atomic
 from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
 from promptatlas.prompts import PromptConfig
-from promptatlas.runs.train import RunConfig, dump_json, train_run
+from promptatlas.report.html import write_html
+from promptatlas.runs.train import RunConfig, curve_path, dump_json, train_run
 from promptatlas.tasks.registry import task_fingerprint, task_name
 from promptatlas.training import TrainConfig
 
@@ -343,11 +344,15 @@ def run_experiment(
     handle: ModelHandle | None = None,
     progress: bool = True,
     log: Any = print,
+    tensorboard: str | Path | None = None,
+    html: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every cell not finished yet, then write and return the results table.
 
     ``handle``: an already loaded model (it must be ``exp.model``); loaded when needed
-    otherwise."""
+    otherwise. Each run's training curve goes to ``<out>/curves/`` (JSONL and PNG) and, with
+    ``tensorboard``, to TensorBoard event files in a subfolder per prompt there. With ``html``
+    the study's page ``<out>/index.html`` is written at the end."""
     owns_db = db is None
     db = ResultsDB() if db is None else db
     started = time.perf_counter()
@@ -370,9 +375,12 @@ def run_experiment(
             task, lang, method, seed = cell
             cfg = exp.run_config(*cell)
             log(f"[{exp.name}] ({n}/{len(todo)}) {task}-{lang} {method} seed {seed}")
+            prompt_dir = exp.prompt_dir(*cell)
             result = train_run(
-                cfg, exp.prompt_dir(*cell), handle=handle, db=db, progress=progress, overwrite=True
-            )
+                cfg, prompt_dir, handle=handle, db=db, progress=progress, overwrite=True,
+                curve=curve_path(exp.out, prompt_dir),
+                tensorboard=Path(tensorboard) / prompt_dir.name if tensorboard else None,
+            )  # fmt: skip
             db.record(
                 kind="experiment-cell",
                 model=exp.model,
@@ -393,9 +401,11 @@ def run_experiment(
             )
         csv_path, json_path, table = write_tables(exp)
         log(table)
+        page = f"; page: {write_html(exp.out)}" if html else ""
         log(
             f"[{exp.name}] {len(todo)} runs run, {reused} reused; tables: {csv_path}, "
-            f"{json_path}; prompts: {Path(exp.out) / 'bank'}; {time.perf_counter() - started:.0f}s"
+            f"{json_path}; prompts: {Path(exp.out) / 'bank'}{page}; "
+            f"{time.perf_counter() - started:.0f}s"
         )
         return _table_rows(exp)
     finally:

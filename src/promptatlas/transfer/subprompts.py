@@ -54,6 +54,7 @@ from promptatlas.training import (
     remove_checkpoint,
     train_prompt,
 )
+from promptatlas.training.curves import StepCallback
 
 __all__ = [
     "LANG_SEGMENT",
@@ -208,11 +209,13 @@ def train_language_prompt(
     db: ResultsDB | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    step_callbacks: Sequence[StepCallback] = (),
 ) -> LanguagePromptResult:
     """Train the language segment of a factorised prompt on raw text (thesis Eq. 8) and store
     it at ``out``. The task segment is random (uniform ±init_range, seeded) and frozen.
     ``out`` is checked before the model loads; a prompt already there is replaced only with
-    ``overwrite`` or when this call resumes the interrupted run that replaces it."""
+    ``overwrite`` or when this call resumes the interrupted run that replaces it.
+    ``step_callbacks`` receive each training step's record (e.g. a curve writer)."""
     out = Path(out)
     checkpoints = checkpoint_dir_for(out)
     replace = overwrite or has_checkpoint(checkpoints)
@@ -253,6 +256,7 @@ def train_language_prompt(
         checkpoint_dir=checkpoints,
         progress=progress,
         keep_checkpoint=True,  # until the prompt is stored
+        step_callbacks=step_callbacks,
     )
     after = lm_loss(plm, formatter, held, batch) if held else None
     metrics: dict[str, Any] = {}
