@@ -167,6 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_neurons(sub)
     _add_indicators(sub)
     _add_suggest(sub)
+    _add_compose(sub)
+    _add_ipt(sub)
     return parser
 
 
@@ -1037,7 +1039,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    """An experiment file; one with a ``transfer`` block is a transfer grid."""
+    """An experiment file; one with a ``transfer`` block is a transfer grid, one with a
+    ``compose`` block a composition study."""
     import dataclasses
     from pathlib import Path
 
@@ -1050,8 +1053,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for k, v in (("out", args.out), ("device", args.device), ("data_dir", args.data_dir))
         if v
     }
+    from promptatlas.studies.compose import (
+        is_composition_file,
+        load_composition,
+        run_composition,
+    )
+
+    data = read_yaml(Path(args.experiment))
     with ResultsDB(args.db) as db:
-        if "transfer" in read_yaml(Path(args.experiment)):
+        if is_composition_file(data):  # a `compose` block: the composition study
+            study = dataclasses.replace(load_composition(args.experiment), **overrides)
+            _check_folder(study.out)
+            run_composition(study, db=db, progress=not args.quiet)
+        elif "transfer" in data:
             grid = load_grid(args.experiment)
             grid = dataclasses.replace(
                 grid, experiment=dataclasses.replace(grid.experiment, **overrides)
@@ -1501,6 +1515,333 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_list(text: str) -> tuple[str, ...]:
+    """``sa,nli,sts`` → ("sa", "nli", "sts") (case-insensitive)."""
+    names = tuple(_name(t) for t in text.split(",") if t.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give one or more task names, e.g. sa,nli,sts")
+    return names
+
+
+def _add_compose_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train-limit", type=int, default=None, help="training examples per task")
+    p.add_argument("--dev-limit", type=int, default=64, help="dev examples per task (default 64)")
+    p.add_argument(
+        "--test-limit", type=int, default=None, help="test examples scored per task (default all)"
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="folder laid out like shared/data (default: bundled)"
+    )
+    _add_precision(p)
+
+
+def _add_compose(sub: Any) -> None:
+    """The ``compose`` command."""
+    from promptatlas.runs.compose import CPU_AMP, CPU_ATTEMPT, CPU_PT
+
+    p = sub.add_parser(
+        "compose",
+        help="compose a target prompt from source prompts: AMP, ATTEMPT, SPoT, PT",
+        description="Compose prompts for target tasks from the task prompts of a bank in one "
+        "language (docs/composition.md). Each target writes a prompt directory under "
+        "OUT/prompts (ATTEMPT: its mixer, as its prompt depends on the input), test scores with "
+        "95% bootstrap intervals (OUT/scores.csv) and OUT/run.json (config, versions, CPU, "
+        "precision). Defaults are CPU-sized (tens of steps); the papers' settings are in "
+        "configs/compose-gpu.yaml.",
+    )
+    msub = p.add_subparsers(dest="compose_method", required=True, metavar="METHOD")
+    helps = {
+        "amp": "AMP: attention over the source prompts (DAM), one psi trained on all targets "
+        "mixed; writes the attention matrix and heatmap",
+        "attempt": "ATTEMPT: per-input attention over the sources plus a trained target prompt",
+        "spot": "SPoT: prompt tuning started from the sources (-s: similarity-weighted average; "
+        "-m: one source, default NLI)",
+        "pt": "plain prompt tuning of each target (the baseline of the comparison)",
+    }
+    for name, text in helps.items():
+        a = msub.add_parser(name, help=text, description=text + ".")
+        a.add_argument(
+            "--sources",
+            required=True,
+            metavar="BANK",
+            help="a bank folder of task prompts (one model, one kind of prompt); every target "
+            "needs its own task prompt there",
+        )
+        a.add_argument(
+            "--tasks",
+            "--task",
+            dest="tasks",
+            type=_task_list,
+            required=True,
+            metavar="T[,T...]",
+            help="target task(s), comma-separated, e.g. sa,nli,sts",
+        )
+        a.add_argument("--lang", type=_name, required=True, help="language of sources and targets")
+        a.add_argument(
+            "--source-tasks",
+            type=_task_list,
+            default=None,
+            metavar="T[,T...]",
+            help="which bank tasks are sources (default: every task prompt of --lang)",
+        )
+        a.add_argument("--model", default=None, help="default: the model of the bank's prompts")
+        if name == "spot":
+            a.add_argument("--mode", choices=("s", "m"), default="s", help="SPoT-s or SPoT-m")
+            a.add_argument(
+                "--source", default=None, help="SPoT-m's source task (default nli of --lang)"
+            )
+        defaults: Any = {"amp": CPU_AMP, "attempt": CPU_ATTEMPT}.get(name, CPU_PT)
+        paper = {"amp": "paper 10 epochs", "attempt": "paper 20 epochs"}.get(name, "")
+        a.add_argument(
+            "--steps",
+            type=int,
+            default=defaults.steps,
+            help=f"training steps (default {defaults.steps}, CPU-sized"
+            + (f"; {paper})" if paper else ")"),
+        )
+        a.add_argument("--batch-size", type=int, default=defaults.batch_size)
+        lr_help = {
+            "amp": f"psi's learning rate (default {CPU_AMP.lr:g}: the paper's 5e-5 leaves psi "
+            "where it started in a CPU run; docs/composition.md)",
+            "attempt": f"default {CPU_ATTEMPT.lr:g} (the reference's)",
+        }.get(name, "prompt learning rate (default: the prompt method's)")
+        a.add_argument("--lr", type=float, default=None, help=lr_help)
+        if name == "amp":
+            a.add_argument("--k", type=int, default=None, help="query/key size (default d)")
+            a.add_argument("--pooling", choices=("dam", "max"), default="dam")
+            a.add_argument("--value", choices=("linear", "identity"), default="linear")
+        a.add_argument("--seed", type=int, default=42)
+        a.add_argument(
+            "--source-seed", type=int, default=None, help="which seed's prompt of a task"
+        )
+        _add_compose_data(a)
+        a.add_argument("--out", required=True, help="folder for the run's outputs")
+        a.add_argument(
+            "--overwrite", action="store_true", help="replace a composition run already at --out"
+        )
+        _add_common_model(a)
+
+
+def _add_ipt(sub: Any) -> None:
+    """The ``ipt`` command."""
+    from promptatlas.runs.compose import CPU_IPT, CPU_IST
+
+    p = sub.add_parser(
+        "ipt",
+        help="IPT: an intrinsic task subspace of many prompts, and tuning inside it",
+        description="Intrinsic prompt tuning (Qin et al.; docs/composition.md): `fit` trains "
+        "an autoencoder over many task prompts (tasks x languages x seeds) and stores the "
+        "subspace; `tune` trains only z (d_I numbers) for a task, the decoder frozen, and "
+        "stores dec(z) as a prompt directory. Defaults are CPU-sized.",
+    )
+    isub = p.add_subparsers(dest="ipt_command", required=True, metavar="STEP")
+    f = isub.add_parser(
+        "fit",
+        help="fit the subspace on a bank's task prompts",
+        description="Fit IPT's autoencoder on the task prompts of a bank; writes a subspace "
+        "directory (subspace.safetensors, subspace.json) and the PCA of the intrinsic vectors.",
+    )
+    f.add_argument("--prompts", required=True, metavar="BANK", help="a bank folder")
+    f.add_argument("--dim", type=int, default=5, help="intrinsic dimension d_I (default 5)")
+    f.add_argument("--tasks", type=_task_list, default=None, help="only these tasks")
+    f.add_argument("--langs", type=_task_list, default=None, help="only these languages")
+    f.add_argument(
+        "--exclude",
+        type=_task_list,
+        default=(),
+        metavar="T[,T...]",
+        help="tasks (or task-lang) left out of the fit: the unseen tasks of a recovery study",
+    )
+    f.add_argument(
+        "--steps", type=int, default=CPU_IPT.steps, help=f"default {CPU_IPT.steps} (paper 100k)"
+    )
+    f.add_argument(
+        "--lr", type=float, default=CPU_IPT.lr, help=f"default {CPU_IPT.lr:g} (paper 3e-5)"
+    )
+    f.add_argument("--batch-size", type=int, default=CPU_IPT.batch_size)
+    f.add_argument(
+        "--task-loss",
+        action="store_true",
+        help="add the decoded prompts' task loss (a model forward per step) to the "
+        "reconstruction loss, as the paper does (default: reconstruction only)",
+    )
+    f.add_argument("--seed", type=int, default=42)
+    f.add_argument("--model", default=None, help="default: the model of the bank's prompts")
+    f.add_argument("--train-limit", type=int, default=None)
+    f.add_argument("--data-dir", default=None)
+    _add_precision(f)
+    f.add_argument("--out", required=True, help="subspace directory to create")
+    _add_common_model(f)
+    t = isub.add_parser(
+        "tune",
+        help="tune a task inside a stored subspace (only z trains)",
+        description="Intrinsic subspace tuning: z ~ N(0, 0.02^2), prompt = dec(z), only z "
+        "trains; stores the tuned prompt as a prompt directory with its test score and, with "
+        "--full, its recovery (IST score / full prompt-tuning score).",
+    )
+    t.add_argument("--subspace", required=True, help="a directory written by `ipt fit`")
+    t.add_argument("--task", type=_name, required=True)
+    t.add_argument("--lang", type=_name, required=True)
+    t.add_argument(
+        "--template",
+        default=None,
+        help="a prompt directory whose frozen segments (e.g. its language segment) the tuned "
+        "prompt keeps (default: the subspace's)",
+    )
+    t.add_argument(
+        "--full",
+        default=None,
+        help="a fully prompt-tuned prompt of the same task and language: its stored test "
+        "score gives the recovery",
+    )
+    t.add_argument(
+        "--steps", type=int, default=CPU_IST.steps, help=f"default {CPU_IST.steps} (paper 100k)"
+    )
+    t.add_argument(
+        "--lr", type=float, default=CPU_IST.lr, help=f"default {CPU_IST.lr:g} (paper 1e-5)"
+    )
+    t.add_argument("--batch-size", type=int, default=CPU_IST.batch_size)
+    t.add_argument("--seed", type=int, default=42)
+    _add_compose_data(t)
+    t.add_argument("--out", required=True, help="prompt directory to create")
+    _add_overwrite(t)
+    _add_common_model(t)
+
+
+def _cmd_compose(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from promptatlas.bank import ResultsDB
+    from promptatlas.runs.compose import (
+        CPU_AMP,
+        CPU_ATTEMPT,
+        CPU_PT,
+        ComposeRunConfig,
+        compose_run,
+    )
+
+    method = args.compose_method
+    if method == "spot":
+        method = f"spot-{args.mode}"
+    lr = {} if args.lr is None else {"lr": args.lr}
+    common = {"steps": args.steps, "batch_size": args.batch_size, **lr}
+    amp, attempt, pt = CPU_AMP, CPU_ATTEMPT, CPU_PT
+    if method == "amp":
+        amp = dataclasses.replace(
+            CPU_AMP, k=args.k, pooling=args.pooling, value=args.value, **common
+        )
+    elif method == "attempt":
+        attempt = dataclasses.replace(CPU_ATTEMPT, **common)
+    else:
+        pt = dataclasses.replace(CPU_PT, **common)
+    cfg = ComposeRunConfig(
+        method=method,
+        sources=args.sources,
+        tasks=args.tasks,
+        lang=args.lang,
+        model=args.model,
+        source_tasks=args.source_tasks,
+        source_seed=args.source_seed,
+        pt=pt,
+        amp=amp,
+        attempt=attempt,
+        spot_source=getattr(args, "source", None),
+        data_dir=args.data_dir,
+        train_limit=args.train_limit,
+        dev_limit=args.dev_limit,
+        test_limit=args.test_limit,
+        seed=args.seed,
+        precision=args.precision,
+        device=args.device,
+    )
+    with ResultsDB(args.db) as db:
+        result = compose_run(
+            cfg, args.out, db=db, overwrite=args.overwrite, log=None if args.quiet else print
+        )
+    for s in result.scores:
+        ci = "" if s.low is None else f" [{100 * s.low:.1f}, {100 * s.high:.1f}]"  # type: ignore[operator]
+        print(f"{method} {s.key}: {100 * s.score:.1f}{ci} on test (n={s.n})")
+    if result.attention is not None:
+        print(f"attention (rows: targets, columns: sources {result.keys}):")
+        for key, row in zip(result.keys, result.attention.tolist(), strict=True):
+            print(f"  {key:10s} " + " ".join(f"{v:.2f}" for v in row))
+    print(f"outputs in {result.out} ({result.seconds:.0f}s)")
+    return 0
+
+
+def _cmd_ipt(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from promptatlas.bank import ResultsDB
+    from promptatlas.runs.compose import (
+        CPU_IPT,
+        CPU_IST,
+        IPTFitRunConfig,
+        IPTTuneRunConfig,
+        ipt_fit_run,
+        ipt_tune_run,
+        subspace_info,
+    )
+
+    with ResultsDB(args.db) as db:
+        if args.ipt_command == "fit":
+            fit = dataclasses.replace(
+                CPU_IPT,
+                intrinsic_dim=args.dim,
+                steps=args.steps,
+                lr=args.lr,
+                batch_size=args.batch_size,
+                task_loss=args.task_loss,
+                seed=args.seed,
+            )
+            cfg = IPTFitRunConfig(
+                prompts=args.prompts,
+                ipt=fit,
+                tasks=args.tasks,
+                langs=args.langs,
+                exclude=args.exclude,
+                model=args.model,
+                data_dir=args.data_dir,
+                train_limit=args.train_limit,
+                precision=args.precision,
+                device=args.device,
+            )
+            sub = ipt_fit_run(cfg, args.out, db=db)
+            mse = subspace_info(args.out).get("reconstruction_mse", float("nan"))
+            print(
+                f"subspace d_I = {sub.intrinsic_dim} fitted on {len(sub.keys)} prompts "
+                f"({', '.join(sorted(set(sub.keys)))}); reconstruction MSE {mse:.4g}; "
+                f"saved {args.out}"
+            )
+            return 0
+        ist = dataclasses.replace(
+            CPU_IST, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed
+        )
+        tune = IPTTuneRunConfig(
+            subspace=args.subspace,
+            task=args.task,
+            lang=args.lang,
+            ist=ist,
+            template=args.template,
+            full=args.full,
+            data_dir=args.data_dir,
+            train_limit=args.train_limit,
+            dev_limit=args.dev_limit,
+            test_limit=args.test_limit,
+            precision=args.precision,
+            device=args.device,
+        )
+        res = ipt_tune_run(tune, args.out, db=db, overwrite=args.overwrite)
+    line = (
+        f"IST {tune.task}-{tune.lang} ({'seen' if res.seen else 'unseen'} task): "
+        f"{100 * res.score.score:.1f} on test (n={res.score.n})"
+    )
+    if res.recovery is not None:
+        line += f"; recovery {100 * res.recovery:.1f}% of full prompt tuning"
+    print(f"{line}; saved {res.path}")
+    return 0
+
+
 _COMMANDS = {
     "train": _cmd_train,
     "eval": _cmd_eval,
@@ -1519,6 +1860,8 @@ _COMMANDS = {
     "neurons": _cmd_neurons,
     "indicators": _cmd_indicators,
     "suggest": _cmd_suggest,
+    "compose": _cmd_compose,
+    "ipt": _cmd_ipt,
 }
 
 

@@ -299,6 +299,13 @@ def compose_run(
     target = _check_run_folder(Path(out), "run.json", overwrite, "composition run folder")
     wanted = cfg.source_tasks
     model, stored = bank_inputs(cfg.sources, langs=[cfg.lang], tasks=wanted, model=cfg.model)
+    present = {f"{m.task}-{m.lang}" for _, m in _bank_metas(cfg.sources, [cfg.lang], wanted)}
+    absent = [t for t in cfg.tasks if f"{t}-{cfg.lang}" not in present]
+    if absent:  # before the model loads
+        raise ComposeError(
+            f"target task(s) {absent} have no task prompt of {cfg.lang} in {cfg.sources} "
+            f"(it has {sorted(present)}); every target needs its own task prompt there"
+        )
     handle = handle or load_model(model, device=cfg.device)
     sources = pick_sources(
         sources_from_bank(cfg.sources, handle, tasks=wanted, langs=[cfg.lang]), cfg.source_seed
