@@ -7,8 +7,10 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from promptatlas.cli import main
 from promptatlas.runs.neurons import parse_fractions, parse_layers
@@ -268,3 +270,36 @@ def test_parsers() -> None:
         parse_layers("0-18", 18)
     with pytest.raises(ValueError, match="bad fraction"):
         parse_fractions("x")
+
+
+@pytest.mark.integration
+def test_gemma_find_perturb_prune_on_a_few_examples(gemma: Any, tmp_path: Path) -> None:
+    """The run level on the real Gemma-3-270M: a saved (untrained) v1 prompt, neurons found on
+    8 + 8 examples in two layers, perturbed and pruned on 4 test examples."""
+    from promptatlas.bank import save_prompt
+    from promptatlas.prompts import PromptConfig, SoftPrompt
+    from promptatlas.runs import neurons as runs
+
+    prompt = SoftPrompt(PromptConfig(method="v1", length=4), gemma.geometry)
+    prompt.initialise(gemma, generator=torch.Generator().manual_seed(0))
+    save_prompt(tmp_path / "p", prompt, gemma, task="sa", lang="en", seed=0, metrics={})
+    source = runs.load_source(tmp_path / "p", handle=gemma)
+    cfg = runs.FindConfig(layers=(16, 17), train_limit=8, dev_limit=8, ps=(0.01,))
+    pred = runs.find_neurons(tmp_path / "p", tmp_path / "find", cfg, source=source)
+    assert pred.values.shape == (2, 2048) and 0.5 <= pred.values.max() <= 1.0
+    curve = runs.perturb_neurons_run(
+        tmp_path / "p",
+        tmp_path / "find",
+        tmp_path / "perturb",
+        runs.PerturbConfig(ps=(0.01,), n_random=1, test_limit=4),
+        source=source,
+    )
+    assert curve.results[0].counts == {16: 21, 17: 21}
+    rows = runs.prune_run(
+        tmp_path / "p",
+        tmp_path / "find",
+        tmp_path / "prune",
+        runs.PruneConfig(layers=(16, 17), test_limit=4, repeats=1, time_examples=4),
+        source=source,
+    )
+    assert rows[1]["params"] < rows[0]["params"]
