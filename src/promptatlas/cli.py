@@ -1311,7 +1311,23 @@ def _add_neurons(sub: Any) -> None:
     o.add_argument("--skill", nargs="+", required=True, help="two or more `neurons find` folders")
     o.add_argument("--out", required=True, help="output folder")
     o.add_argument("--p", default="0.01", help="fractions, e.g. 0.01,0.05 (default 0.01)")
-    for a in (f, q, r):
+    m = nsub.add_parser(
+        "matrix",
+        help="task x task (or language x language) perturbation matrix",
+        description="Perturb the top-p skill neurons of each --skill folder (rows) inside the "
+        "model prompted with each --prompts prompt (columns), evaluated on that prompt's test "
+        "split: is a skill specific to its task, shared across languages? Writes matrix.csv, "
+        "matrix.png (drop x100), matrix_relative.png and run.json.",
+    )
+    m.add_argument("--prompts", nargs="+", required=True, help="task prompt directories")
+    m.add_argument("--skill", nargs="+", required=True, help="`neurons find` folders")
+    m.add_argument("--out", required=True, help="output folder")
+    m.add_argument("--p", type=float, default=0.01, help="fraction per layer (default 0.01)")
+    m.add_argument("--mode", choices=MODES, default="gaussian", help="default gaussian")
+    m.add_argument("--sigma", type=float, default=0.1, help="gaussian σ (default 0.1)")
+    m.add_argument("--test-limit", type=int, default=None, help="test examples (default: all)")
+    m.add_argument("--data-dir", default=None, help="folder laid out like shared/data")
+    for a in (f, q, r, m):
         _add_precision(a)
         a.add_argument(
             "--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if present)"
@@ -1390,6 +1406,32 @@ def _cmd_neurons(args: argparse.Namespace) -> int:
         for p in runs.parse_fractions(args.p):
             sub = Path(args.out) if "," not in args.p else Path(args.out) / f"p{p * 100:g}pct"
             runs.overlap_run(args.skill, sub, p=p, log=log)
+        print(f"tables and figures in {args.out}")
+        return 0
+    if args.neurons_command == "matrix":
+        from promptatlas.studies.skill import perturbation_matrix
+
+        for d in args.skill:
+            runs.load_skill(d)  # before the model loads
+        handle = None
+        if args.device:
+            from promptatlas.bank import read_metadata
+            from promptatlas.models import load_model
+
+            handle = load_model(read_metadata(args.prompts[0]).model, device=args.device)
+        perturbation_matrix(
+            args.prompts,
+            args.skill,
+            args.out,
+            p=args.p,
+            mode=args.mode,
+            sigma=args.sigma,
+            test_limit=args.test_limit,
+            data_dir=args.data_dir,
+            precision=args.precision,
+            handle=handle,
+            log=log,
+        )
         print(f"tables and figures in {args.out}")
         return 0
     if args.neurons_command == "find":

@@ -7,6 +7,8 @@ suggestions for a new task (spec §B, docs/skill-neurons.md).
   target's own score, per target and pooled; tables, a bar chart and scatters.
 * :func:`suggest_sources` — rank the task prompts of a bank as sources for a new task by one
   indicator, before any transfer training.
+* :func:`perturbation_matrix` — the task × task (or language × language) matrix: perturb the
+  skill neurons found for A inside the model prompted for B, evaluate B.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import csv
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,14 @@ from promptatlas.analysis.indicators import (
     rank_indicators,
     suggest,
 )
-from promptatlas.analysis.skill import Predictivity, neuron_predictivity
+from promptatlas.analysis.skill import (
+    CrossTaskPerturbation,
+    EvalSetup,
+    Predictivity,
+    cross_task_perturbation,
+    neuron_predictivity,
+    select_skill_neurons,
+)
 from promptatlas.bank import list_prompts, load_prompt, read_metadata
 from promptatlas.bank.store import versions
 from promptatlas.formatting import TaskFormatter
@@ -39,7 +48,13 @@ from promptatlas.io import write_json_atomic
 from promptatlas.models import ModelHandle, load_model
 from promptatlas.models.precision import hardware_info
 from promptatlas.prompts import SoftPrompt
-from promptatlas.report.skill import indicator_bar_figure, indicator_csv, indicator_scatter_figure
+from promptatlas.report.skill import (
+    cross_task_csv,
+    cross_task_figure,
+    indicator_bar_figure,
+    indicator_csv,
+    indicator_scatter_figure,
+)
 from promptatlas.tasks import get_task, load_split
 
 __all__ = [
@@ -48,6 +63,7 @@ __all__ = [
     "GridIndicators",
     "grid_indicators",
     "grid_transfer",
+    "perturbation_matrix",
     "suggest_sources",
 ]
 
@@ -409,3 +425,84 @@ def suggest_sources(
     if indicator not in values:
         raise ValueError(f"unknown indicator {indicator!r}; computed: {', '.join(sorted(values))}")
     return suggest(values[indicator], indicator=indicator, top=top), values
+
+
+# -- task x task perturbation ---------------------------------------------------------------
+
+
+def perturbation_matrix(
+    prompt_dirs: Sequence[str | Path],
+    skill_dirs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    p: float = 0.01,
+    mode: str = "gaussian",
+    sigma: float = 0.1,
+    test_limit: int | None = None,
+    data_dir: str | None = None,
+    precision: str = "auto",
+    handle: ModelHandle | None = None,
+    log: Log = _quiet,
+) -> CrossTaskPerturbation:
+    """Rows: the skill neurons of each ``skill_dirs`` folder (top ``p`` per layer); columns:
+    each prompt of ``prompt_dirs`` evaluated on its own test split with those neurons
+    perturbed. Writes ``matrix.csv``, ``matrix.png`` (drop ×100), ``matrix_relative.png`` and
+    ``run.json``. ``mode="mean"`` uses each source's training means."""
+    from promptatlas.runs.neurons import load_skill, load_source
+
+    if not prompt_dirs or not skill_dirs:
+        raise ValueError("give at least one prompt and one skill folder")
+    started = time.perf_counter()
+    preds = {}
+    for d in skill_dirs:
+        pred = load_skill(d)
+        preds[pred.name or Path(d).name] = pred
+    setups: dict[str, EvalSetup] = {}
+    sources = []
+    for d in prompt_dirs:
+        src = load_source(d, handle=handle, precision=precision)
+        handle = src.handle
+        sources.append(src)
+        setups[src.name] = EvalSetup(
+            src.plm(), src.formatter, src.split("test", test_limit, data_dir)
+        )
+    assert handle is not None
+    for name, pred in preds.items():
+        found = pred.meta.get("model_fingerprint")
+        if found and found != handle.fingerprint:
+            raise ValueError(f"the skill neurons {name} were found on another model ({found})")
+    skills = {n: select_skill_neurons(pr, p) for n, pr in preds.items()}
+    values = {n: pr.baseline() for n, pr in preds.items()} if mode == "mean" else None
+    log(f"{len(skills)} × {len(setups)} perturbation matrix ({mode}, p={p:g})")
+    result = cross_task_perturbation(
+        skills,
+        setups,
+        mode=mode,  # type: ignore[arg-type]
+        sigma=sigma,
+        values=values,
+        config=sources[0].eval_config,
+    )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cross_task_csv(result, out / "matrix.csv")
+    cross_task_figure(result, out / "matrix.png")
+    cross_task_figure(result, out / "matrix_relative.png", relative=True)
+    write_json_atomic(
+        out / "run.json",
+        {
+            "kind": "neurons-matrix",
+            "config": {"p": p, "mode": mode, "sigma": sigma, "test_limit": test_limit},
+            "prompts": [s.info() for s in sources],
+            "skill_dirs": [str(d) for d in skill_dirs],
+            "model": handle.name,
+            "hardware": hardware_info(handle.device),
+            "versions": versions(),
+            "seconds": round(time.perf_counter() - started, 2),
+        },
+    )
+    for i, a in enumerate(result.sources):
+        cells = ", ".join(
+            f"{t} {100 * result.drops[i, j]:+.1f}" for j, t in enumerate(result.targets)
+        )
+        log(f"perturb {a}: drop on {cells} (points)")
+    return result
