@@ -303,3 +303,20 @@ def test_gemma_find_perturb_prune_on_a_few_examples(gemma: Any, tmp_path: Path) 
         source=source,
     )
     assert rows[1]["params"] < rows[0]["params"]
+
+
+def test_matrix_perturbs_each_skill_set_in_each_prompted_model(
+    bank: Path, found: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "m"
+    argv = ["neurons", "matrix", "--prompts", str(bank / "sa-en"), str(bank / "sa-ko"),
+            "--skill", str(found["sa-en"]), str(found["sa-ko"]), "--p", "0.1", "--mode", "zero",
+            "--test-limit", "4", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    with open(out / "matrix.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["source"], r["target"]) for r in rows] == [
+        ("sa-en", "sa-en"), ("sa-en", "sa-ko"), ("sa-ko", "sa-en"), ("sa-ko", "sa-ko"),
+    ]  # fmt: skip
+    assert (out / "matrix.png").read_bytes()[:8] == PNG
+    assert json.loads((out / "run.json").read_text())["config"]["mode"] == "zero"
