@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,11 +51,13 @@ from promptatlas.configtools import (
     from_dict,
 )
 from promptatlas.evaluation.evaluate import paired_gain, stored_examples
-from promptatlas.io import write_json_atomic
+from promptatlas.io import atomic_directory, write_bytes_atomic, write_json_atomic
 from promptatlas.models import ModelHandle, load_model
+from promptatlas.report.html import write_html
 from promptatlas.report.transfer import TransferLayout, write_transfer_report
-from promptatlas.runs.train import RunConfig, train_run
+from promptatlas.runs.train import RunConfig, curve_path, recording_curve, train_run
 from promptatlas.runs.transfer import transfer_run, zero_shot
+from promptatlas.studies.executors import ExecutorSpec, Job, run_jobs
 from promptatlas.studies.experiment import (
     ExperimentConfig,
     ExperimentError,
@@ -68,11 +71,15 @@ from promptatlas.transfer.subprompts import LanguagePromptConfig, train_language
 __all__ = [
     "Cell",
     "CellKind",
+    "CellResult",
+    "ExecutorSpec",
     "GridConfig",
     "TransferSpec",
     "grid_cells",
     "load_grid",
     "parse_shard",
+    "remote_cell",
+    "run_cell",
     "run_grid",
 ]
 
@@ -205,6 +212,8 @@ class GridConfig(ConfigBase):
     experiment: ExperimentConfig
     transfer: TransferSpec
     analysis: AnalysisSpec | None = None
+    # Where the cells run (not part of any cell's identity: the results are the same).
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     _hashes: dict[Cell, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -440,6 +449,7 @@ def load_grid(path: str | Path) -> GridConfig:
             "(run it with `promptatlas run`)"
         )
     analysis_block = data.pop("analysis", None)
+    executor_block = data.pop("executor", None)
     exp = experiment_from_mapping(data, path)
     try:
         spec = from_dict(TransferSpec, block, path="transfer")
@@ -448,9 +458,14 @@ def load_grid(path: str | Path) -> GridConfig:
             if analysis_block is None
             else from_dict(AnalysisSpec, analysis_block, path="analysis")
         )
+        executor = (
+            ExecutorSpec()
+            if executor_block is None
+            else from_dict(ExecutorSpec, executor_block, path="executor")
+        )
     except ValueError as exc:
         raise ExperimentError(f"{path}: {exc}") from None
-    grid = GridConfig(exp, spec, analysis)
+    grid = GridConfig(exp, spec, analysis, executor)
     for name in ("sources", "targets"):
         bad = set(getattr(spec, name) or ()) - set(exp.tasks)
         if bad:
@@ -463,49 +478,72 @@ def load_grid(path: str | Path) -> GridConfig:
     return grid
 
 
-class _Runner:
+@dataclass
+class CellResult:
+    """What a cell produced, as values: the driver stores it (see :func:`commit_cell`).
+
+    ``records``: the results-database rows of the cell, the grid's own row (its key) last;
+    ``files``: the cell's output files (its prompt directory or JSON file, its training curve)
+    as bytes by path relative to the results folder, when the cell ran elsewhere (empty when it
+    ran in the results folder itself); ``workspace``: the folder it ran in, written in the
+    paths its files and rows hold (the driver puts the results folder in its place);
+    ``worker``: the process that ran it and how many models that process loaded."""
+
+    cell: Cell
+    metrics: dict[str, Any]
+    score: float | None
+    records: list[dict[str, Any]]
+    seconds: float = 0.0
+    lines: list[str] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)
+    workspace: str | None = None
+    worker: dict[str, Any] = field(default_factory=dict)
+
+
+class _Recorder:
+    """Stands in for the results database inside a cell: keeps the rows the runs record, so
+    that only the driver writes the database."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def record(self, **row: Any) -> int:
+        if row.get("prompt_dir") is not None:
+            row["prompt_dir"] = str(row["prompt_dir"])
+        self.rows.append(row)
+        return len(self.rows)
+
+
+class _CellWork:
+    """One cell's computation (one method per cell kind), writing its outputs under
+    ``grid.out`` (the results folder, or a scratch copy of its layout) and its database rows
+    into a :class:`_Recorder`."""
+
     def __init__(
         self,
         grid: GridConfig,
-        db: ResultsDB,
+        handle: Callable[[], ModelHandle],
         progress: bool,
         log: Callable[[str], Any],
+        tensorboard: str | Path | None,
     ) -> None:
-        self.grid, self.db, self.progress, self.log = grid, db, progress, log
-        self._handle: ModelHandle | None = None
-        self.trained = 0
+        self.grid, self._handle, self.progress, self.log = grid, handle, progress, log
+        self.tensorboard = tensorboard
+        self.db = _Recorder()
 
     @property
     def handle(self) -> ModelHandle:
-        if self._handle is None:
-            exp = self.grid.experiment
-            self._handle = load_model(exp.model, device=exp.device)
-        return self._handle
+        return self._handle()
 
-    def exists(self, cell: Cell) -> bool:
-        """Whether the cell's output is on disk (from this or an earlier configuration)."""
-        path = self.grid.path(cell)
-        return (
-            (path / "prompt.json").exists()
-            if cell.kind is not CellKind.ZERO_SHOT
-            else path.exists()
-        )
+    def curve(self, path: Path) -> dict[str, Any]:
+        """The curve options of a training run writing ``path``."""
+        tb = Path(self.tensorboard) / path.name if self.tensorboard else None
+        return {"curve": curve_path(self.grid.out, path), "tensorboard": tb}
 
-    def done(self, cell: Cell) -> bool:
-        return self.exists(cell) and self.db.has(self.grid.key(cell))
-
-    def ensure(self, cell: Cell) -> None:
-        if self.done(cell):
-            return
-        for dep in self.grid.dependencies(cell):
-            self.ensure(dep)
-        self.run(cell)
-
-    def run(self, cell: Cell) -> None:
+    def run(self, cell: Cell) -> CellResult:
         grid, exp = self.grid, self.grid.experiment
         path = grid.path(cell)
         started = time.perf_counter()
-        self.log(f"[{grid.name}] {cell.name}")
         run_kind = {
             CellKind.LANGUAGE_PROMPT: self._language_prompt,
             CellKind.BASELINE: self._baseline,
@@ -528,20 +566,22 @@ class _Runner:
             seed=cell.seed,
             key=grid.key(cell),
         )
-        self.trained += 1
-        self.log(f"    {time.perf_counter() - started:.0f}s")
+        return CellResult(cell, metrics, score, self.db.rows, seconds=time.perf_counter() - started)
 
     # One method per cell kind: (metrics, score) of the cell written to ``path``.
 
     def _language_prompt(self, cell: Cell, path: Path) -> tuple[dict[str, Any], float | None]:
-        res = train_language_prompt(
-            self.grid.language_config(cell.lang, cell.method, cell.seed),
-            path,
-            handle=self.handle,
-            db=self.db,
-            progress=self.progress,
-            overwrite=True,  # the grid owns its folder; a cell not done is (re)built
-        )
+        options = self.curve(path)
+        with recording_curve(options["curve"], tensorboard=options["tensorboard"]) as callbacks:
+            res = train_language_prompt(
+                self.grid.language_config(cell.lang, cell.method, cell.seed),
+                path,
+                handle=self.handle,
+                db=self.db,  # type: ignore[arg-type]
+                progress=self.progress,
+                overwrite=True,  # the grid owns its folder; a cell not done is (re)built
+                step_callbacks=callbacks,
+            )
         metrics = {
             "heldout_loss_untrained": res.heldout_loss_before,
             "heldout_loss": res.heldout_loss_after,
@@ -553,8 +593,9 @@ class _Runner:
         assert cell.task is not None
         cfg = self.grid.run_config(cell.task, cell.lang, cell.method, cell.seed)
         run = train_run(
-            cfg, path, handle=self.handle, db=self.db, progress=self.progress, overwrite=True
-        )
+            cfg, path, handle=self.handle, db=self.db, progress=self.progress,  # type: ignore[arg-type]
+            overwrite=True, **self.curve(path),
+        )  # fmt: skip
         untrained = run.metrics.get("untrained_test", {})
         metrics = {
             **run.metrics["test"],
@@ -595,6 +636,7 @@ class _Runner:
             db=None,
             progress=self.progress,
             overwrite=True,
+            **self.curve(path),
         )
         test = moved.run.metrics["test"]
         metrics = {
@@ -638,6 +680,260 @@ class _Runner:
         write_json_atomic(path, {"cell": cell.name, "metrics": metrics})
         self.log(f"    zero-shot {100 * result.score:.1f}")
         return metrics, result.score
+
+
+def run_cell(
+    grid: GridConfig,
+    cell: Cell,
+    *,
+    handle: Callable[[], ModelHandle],
+    progress: bool = False,
+    log: Callable[[str], Any] = print,
+    tensorboard: str | Path | None = None,
+) -> CellResult:
+    """Run one cell in ``grid.out`` (whose dependencies' outputs are there) and return what it
+    produced; nothing goes into a results database (the rows are in the result). ``handle``
+    gives the model, loaded on first use."""
+    return _CellWork(grid, handle, progress, log, tensorboard).run(cell)
+
+
+# -- running a cell away from the results folder (an executor's worker) --------------------
+
+_WORKER: dict[str, Any] = {"key": None, "handle": None, "loads": 0}
+
+
+def _worker_handle(model: str, device: str | None) -> ModelHandle:
+    """The model of this worker process: loaded once, reused by every cell it runs."""
+    if _WORKER["key"] != (model, device):
+        _WORKER["handle"] = load_model(model, device=device)
+        _WORKER["key"] = (model, device)
+        _WORKER["loads"] += 1
+    handle: ModelHandle = _WORKER["handle"]
+    return handle
+
+
+def _relocated(grid: GridConfig, out: Path) -> GridConfig:
+    return dataclasses.replace(grid, experiment=dataclasses.replace(grid.experiment, out=str(out)))
+
+
+def _outputs(grid: GridConfig, cell: Cell) -> list[Path]:
+    """The files and folders a cell writes: its prompt directory or JSON file, its curve."""
+    path = grid.path(cell)
+    if cell.kind is CellKind.ZERO_SHOT:
+        return [path]
+    curve = curve_path(grid.out, path)
+    return [path, curve, curve.with_suffix(".png")]
+
+
+def _read_files(root: Path, paths: Sequence[Path]) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for path in paths:
+        found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for item in found:
+            if item.is_file():
+                files[item.relative_to(root).as_posix()] = item.read_bytes()
+    return files
+
+
+def _write_files(root: Path, files: Mapping[str, bytes]) -> None:
+    for name, data in files.items():
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
+def stored_result(grid: GridConfig, cell: Cell) -> CellResult:
+    """A finished cell's outputs read back from the results folder, as a dependency's result
+    for a cell that runs elsewhere."""
+    return CellResult(
+        cell, {}, None, [], files=_read_files(grid.out, _outputs(grid, cell)),
+        workspace=str(grid.out),
+    )  # fmt: skip
+
+
+def remote_cell(task: tuple[Any, Any], needed: Mapping[Any, CellResult]) -> CellResult:
+    """Run one cell in a scratch folder (an executor's work function): the dependencies'
+    outputs (``needed``, results of other cells) are written there first, the cell runs on the
+    worker's model, and its outputs come back as bytes in the result. ``task`` is
+    ``((grid, cwd, tensorboard), cell)``."""
+    import os
+    import tempfile
+
+    (grid, cwd, tensorboard), cell = task
+    if cwd and Path(cwd).is_dir():
+        os.chdir(cwd)  # relative data paths of the grid file, on the machine that has them
+    exp = grid.experiment
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="promptatlas-cell-") as tmp:
+        workspace = Path(tmp)
+        for dep in needed.values():
+            _write_files(workspace, _relocate_files(dep.files, dep.workspace, str(workspace)))
+        local = _relocated(grid, workspace)
+        result = run_cell(
+            local, cell, handle=lambda: _worker_handle(exp.model, exp.device),
+            progress=False, log=lines.append, tensorboard=tensorboard,
+        )  # fmt: skip
+        result.files = _read_files(workspace, _outputs(local, cell))
+    result.workspace = str(workspace)
+    result.lines = lines
+    result.worker = {"pid": os.getpid(), "loads": _WORKER["loads"]}
+    return result
+
+
+def _json_text(text: str) -> str:
+    return json.dumps(text)[1:-1]
+
+
+def _relocate_files(files: Mapping[str, bytes], old: str | None, new: str) -> dict[str, bytes]:
+    """``files`` with the paths under ``old`` in their JSON text moved under ``new``."""
+    if not old or old == new:
+        return dict(files)
+    before, after = _json_text(old).encode(), _json_text(new).encode()
+    return {
+        name: data.replace(before, after) if name.endswith((".json", ".jsonl")) else data
+        for name, data in files.items()
+    }
+
+
+def _relocate(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, Mapping):
+        return {k: _relocate(v, old, new) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_relocate(v, old, new) for v in value)
+    return value
+
+
+def commit_cell(grid: GridConfig, db: ResultsDB, result: CellResult) -> None:
+    """Store a cell's result: its files into the results folder (a prompt directory replaced
+    as a whole, atomically; other files atomically one by one), then its database rows, the
+    grid's row last (so a cell is marked done only once everything is in place)."""
+    records = result.records
+    if result.files:
+        out = str(grid.out)
+        files = _relocate_files(result.files, result.workspace, out)
+        path = grid.path(result.cell)
+        prefix = path.relative_to(grid.out).as_posix() + "/"
+        inside = {k[len(prefix) :]: v for k, v in files.items() if k.startswith(prefix)}
+        if inside:
+            with atomic_directory(path) as tmp:
+                _write_files(tmp, inside)
+        for name, data in files.items():
+            if not name.startswith(prefix):
+                target = grid.out / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_bytes_atomic(target, data)
+        if result.workspace:
+            records = [_relocate(row, result.workspace, out) for row in records]
+    for row in records:
+        db.record(**row)
+
+
+class _Runner:
+    """The driver of a grid: which cells are done, and storing each cell's result. The local
+    executor runs cells through :meth:`run` in this process, in the results folder."""
+
+    def __init__(
+        self,
+        grid: GridConfig,
+        db: ResultsDB,
+        progress: bool,
+        log: Callable[[str], Any],
+        tensorboard: str | Path | None = None,
+    ) -> None:
+        self.grid, self.db, self.progress, self.log = grid, db, progress, log
+        self.tensorboard = tensorboard
+        self._handle: ModelHandle | None = None
+        self.trained = 0
+        self.workers: dict[int, int] = {}  # pid → model loads (cells run elsewhere)
+
+    @property
+    def handle(self) -> ModelHandle:
+        if self._handle is None:
+            exp = self.grid.experiment
+            self._handle = load_model(exp.model, device=exp.device)
+        return self._handle
+
+    def exists(self, cell: Cell) -> bool:
+        """Whether the cell's output is on disk (from this or an earlier configuration)."""
+        path = self.grid.path(cell)
+        return (
+            (path / "prompt.json").exists()
+            if cell.kind is not CellKind.ZERO_SHOT
+            else path.exists()
+        )
+
+    def done(self, cell: Cell) -> bool:
+        return self.exists(cell) and self.db.has(self.grid.key(cell))
+
+    def ensure(self, cell: Cell) -> None:
+        if self.done(cell):
+            return
+        for dep in self.grid.dependencies(cell):
+            self.ensure(dep)
+        self.run(cell)
+
+    def run(self, cell: Cell) -> None:
+        """Run ``cell`` here, in the results folder, and store its result."""
+        self.log(f"[{self.grid.name}] {cell.name}")
+        result = run_cell(
+            self.grid, cell, handle=lambda: self.handle, progress=self.progress, log=self.log,
+            tensorboard=self.tensorboard,
+        )  # fmt: skip
+        self.store(result)
+
+    def store(self, result: CellResult) -> None:
+        commit_cell(self.grid, self.db, result)
+        self.trained += 1
+        if result.worker:
+            self.log(f"[{self.grid.name}] {result.cell.name}")
+            for line in result.lines:
+                self.log(line)
+            self.workers[result.worker["pid"]] = result.worker["loads"]
+        self.log(f"    {result.seconds:.0f}s")
+
+    def plan(self, todo: Sequence[Cell]) -> list[Cell]:
+        """``todo`` with every dependency that is not done, in grid order (dependencies first)."""
+        needed: set[Cell] = set()
+
+        def add(cell: Cell) -> None:
+            if cell in needed or self.done(cell):
+                return
+            needed.add(cell)
+            for dep in self.grid.dependencies(cell):
+                add(dep)
+
+        for cell in todo:
+            add(cell)
+        return [c for c in self.grid.cells() if c in needed]
+
+    def run_elsewhere(self, todo: Sequence[Cell], spec: ExecutorSpec) -> None:
+        """Run ``todo`` (and the dependencies not done) through the executor ``spec``; finished
+        dependencies are read from the results folder and passed to the cells as values."""
+        import os
+
+        cells = self.plan(todo)
+        planned = set(cells)
+        inputs = {
+            dep: stored_result(self.grid, dep)
+            for cell in cells
+            for dep in self.grid.dependencies(cell)
+            if dep not in planned
+        }
+        jobs = [
+            Job(cell, tuple(self.grid.dependencies(cell)), cell, name=cell.name) for cell in cells
+        ]
+        shared = (self.grid, os.getcwd(), self.tensorboard)
+        run_jobs(
+            spec, jobs, remote_cell, on_result=lambda _, r: self.store(r), inputs=inputs,
+            shared=shared, log=self.log,
+        )  # fmt: skip
+        if self.workers:
+            self.log(
+                f"[{self.grid.name}] {len(self.workers)} worker(s), model loads per worker: "
+                + ", ".join(str(n) for n in sorted(self.workers.values()))
+            )
 
 
 def _analyse(
@@ -771,14 +1067,24 @@ def run_grid(
     progress: bool = True,
     log: Callable[[str], Any] = print,
     report: bool = True,
+    executor: ExecutorSpec | None = None,
+    tensorboard: str | Path | None = None,
+    html: bool = True,
 ) -> int:
     """Run every cell of this shard that is not done yet; returns the number of cells run.
-    With ``report`` the tables and heatmaps are (re)written from the database at the end."""
+    With ``report`` the tables and heatmaps are (re)written from the database at the end, and
+    with ``html`` the study's page ``<out>/index.html``.
+
+    ``executor``: where the cells run (default: the grid file's ``executor`` block, else
+    ``local``: one after another in this process; see :mod:`promptatlas.studies.executors`).
+    Training curves go to ``<out>/curves/`` and, with ``tensorboard``, to TensorBoard event
+    files in a subfolder per prompt of that folder."""
     owns_db = db is None
     db = ResultsDB() if db is None else db
     i, n = shard
+    spec = executor if executor is not None else grid.executor
     try:
-        runner = _Runner(grid, db, progress, log)
+        runner = _Runner(grid, db, progress, log, tensorboard)
         cells = grid.cells()
         mine = [c for k, c in enumerate(cells) if k % n == i]
         todo = [c for c in mine if not runner.done(c)]
@@ -791,8 +1097,12 @@ def run_grid(
             + (f" ({changed} with changed settings)" if changed else "")
         )
         started = time.perf_counter()
-        for cell in todo:
-            runner.ensure(cell)
+        if spec.kind == "local":
+            for cell in todo:
+                runner.ensure(cell)
+        elif todo:
+            log(f"[{grid.name}] executor: {spec.kind}")
+            runner.run_elsewhere(todo, spec)
         if report:
             rows = grid_cells(grid, db)
             written = write_transfer_report(rows, _layout(grid), grid.out / "report")
@@ -802,6 +1112,8 @@ def run_grid(
                 _analyse(grid, grid.analysis, db, runner, progress, log)
             else:
                 log(f"[{grid.name}] analysis waits until every shard's cells are done")
+        if html and grid.out.is_dir():
+            log(f"[{grid.name}] page: {write_html(grid.out)}")
         log(
             f"[{grid.name}] {runner.trained} cells run, {reused} reused, in "
             f"{time.perf_counter() - started:.0f}s"
