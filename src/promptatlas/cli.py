@@ -149,6 +149,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="promptatlas",
         description="Train, evaluate, store and export soft prompts on frozen causal LMs.",
     )
+    from promptatlas import __version__
+
+    parser.add_argument("--version", action="version", version=f"promptatlas {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_eval(sub)
@@ -164,6 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_analyze(sub)
     _add_models(sub)
     _add_tasks(sub)
+    _add_import(sub)
+    _add_report(sub)
     _add_neurons(sub)
     _add_indicators(sub)
     _add_suggest(sub)
@@ -227,7 +232,48 @@ def _add_train(sub: Any) -> None:
     _add_train_options(p)
     p.add_argument("--out", required=True, help="prompt directory to create")
     _add_overwrite(p)
+    _add_tensorboard(p)
     _add_common_model(p)
+
+
+def _add_tensorboard(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tensorboard",
+        default=None,
+        metavar="DIR",
+        help="also log loss, lr and dev score as TensorBoard event files in DIR (one subfolder "
+        "per prompt; needs pip install 'promptatlas[tensorboard]'). The curves are always "
+        "written as JSONL and PNG under curves/ beside the prompts",
+    )
+
+
+def _add_executor(p: argparse.ArgumentParser) -> None:
+    """The executor options of a grid (they override the grid file's ``executor`` block)."""
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default=None,
+        help="where the cells run: local (default; one after another here) or ray (Ray tasks "
+        "on this machine's CPUs/GPUs or a cluster; pip install 'promptatlas[ray]'; see "
+        "docs/executors.md)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="ray: the cluster to join (auto, or ray://HOST:10001; default: start Ray here)",
+    )
+    p.add_argument(
+        "--gpus-per-cell",
+        type=float,
+        default=None,
+        help="ray: GPUs per cell (fractions share a GPU: 0.5 = two cells per GPU; default 0)",
+    )
+    p.add_argument(
+        "--max-retries",
+        type=int,
+        default=None,
+        help="ray: tries again a failed cell this many times (default 0)",
+    )
 
 
 def _add_eval(sub: Any) -> None:
@@ -355,6 +401,8 @@ def _add_run(sub: Any) -> None:
     p.add_argument("experiment", help="e.g. configs/quickstart.yaml")
     p.add_argument("--out", default=None, help="override the experiment's output folder")
     p.add_argument("--data-dir", default=None, help="override the experiment's data folder")
+    _add_tensorboard(p)
+    _add_executor(p)
     _add_common_model(p)
 
 
@@ -458,14 +506,56 @@ def _add_grid(sub: Any) -> None:
         help="run a transfer grid (YAML): all sources × all targets",
         description="Run every cell of a transfer grid not done yet (resumable through the "
         "results database) and write its tables (thesis Tables 7-14 layout) and heatmaps. "
-        "--shard i/n runs one share of the cells; shards on other machines are combined with "
-        "`promptatlas runs --merge`.",
+        "--executor ray spreads the cells over this machine's GPUs or a Ray cluster "
+        "(docs/executors.md); separate studies are combined with `promptatlas runs --merge`.",
     )
     p.add_argument("grid", help="e.g. configs/transfer-grid.yaml")
-    p.add_argument("--shard", default=None, help="i/n: run the cells ≡ i (mod n)")
+    p.add_argument(
+        "--shard",
+        default=None,
+        help="deprecated (use --executor ray): i/n runs the cells ≡ i (mod n)",
+    )
     p.add_argument("--out", default=None, help="override the grid's output folder")
-    p.add_argument("--no-report", action="store_true", help="skip tables and heatmaps")
+    p.add_argument("--no-report", action="store_true", help="skip tables, heatmaps and the page")
+    _add_tensorboard(p)
+    _add_executor(p)
     _add_common_model(p)
+
+
+def _add_import(sub: Any) -> None:
+    """The ``import`` command."""
+    p = sub.add_parser(
+        "import",
+        help="import a PEFT adapter as a prompt directory",
+        description="Import a PEFT prompt-tuning adapter (→ v1) or prefix-tuning adapter (→ v2) "
+        "trained on --model as a prompt directory (the inverse of `promptatlas export`).",
+    )
+    p.add_argument("--from-peft", required=True, metavar="DIR", help="the PEFT adapter folder")
+    p.add_argument("--model", required=True, help="the base model the adapter was trained on")
+    p.add_argument("--out", required=True, help="prompt directory to create")
+    p.add_argument(
+        "--kv",
+        choices=("auto", "separate", "shared"),
+        default="auto",
+        help="v2: keep separate keys and values (PEFT's layout), or shared (needs equal keys "
+        "and values); auto: shared when they are equal, else separate (default)",
+    )
+    p.add_argument("--task", type=_name, default=None, help="the task the adapter solves")
+    p.add_argument("--lang", type=_name, default=None, help="its language")
+    _add_overwrite(p)
+    p.add_argument("--device", default=None)
+
+
+def _add_report(sub: Any) -> None:
+    """The ``report`` command."""
+    p = sub.add_parser(
+        "report",
+        help="write one HTML page of a study's results folder",
+        description="Write one self-contained HTML page (summary, tables, figures, configs) of "
+        "a results folder: <folder>/index.html, or --out.",
+    )
+    p.add_argument("--html", required=True, metavar="RESULTS_DIR", help="the results folder")
+    p.add_argument("--out", default=None, help="the page to write (default RESULTS_DIR/index.html)")
 
 
 def _add_project(sub: Any) -> None:
@@ -652,14 +742,54 @@ def _run_config(args: argparse.Namespace, task: str, lang: str, model: str, prom
     )
 
 
+def _tensorboard(args: argparse.Namespace) -> Any:
+    """--tensorboard, or None (with a one-line notice) when TensorBoard is not installed."""
+    from promptatlas.runs.train import tensorboard_available
+
+    if not getattr(args, "tensorboard", None) or not tensorboard_available():
+        return None
+    return args.tensorboard
+
+
+def _executor(args: argparse.Namespace, grid: Any) -> Any:
+    """The grid's executor with the command line's options over the file's ``executor``."""
+    import dataclasses
+
+    from promptatlas.studies.executors import ExecutorSpec
+
+    given = {
+        "kind": getattr(args, "executor", None),
+        "address": getattr(args, "address", None),
+        "gpus_per_cell": getattr(args, "gpus_per_cell", None),
+        "max_retries": getattr(args, "max_retries", None),
+    }
+    options = {
+        **dataclasses.asdict(grid.executor),
+        **{k: v for k, v in given.items() if v is not None},
+    }
+    if (
+        given["kind"] is None
+        and options["kind"] == "local"
+        and (given["address"] or given["gpus_per_cell"])
+    ):
+        options["kind"] = "ray"  # --address / --gpus-per-cell only make sense on Ray
+    return ExecutorSpec.from_dict(options, path="executor")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from promptatlas.bank import ResultsDB
-    from promptatlas.runs.train import train_run
+    from promptatlas.runs.train import curve_path, train_run
 
     args.method = _method_of(args)
     cfg = _run_config(args, args.task, args.lang, args.model, _prompt_config(args))
+    out = Path(args.out)
     with ResultsDB(args.db) as db:
-        result = train_run(cfg, args.out, db=db, progress=not args.quiet, overwrite=args.overwrite)
+        result = train_run(
+            cfg, out, db=db, progress=not args.quiet, overwrite=args.overwrite,
+            curve=curve_path(out.parent, out), tensorboard=_tensorboard(args),
+        )  # fmt: skip
     from promptatlas.tasks import get_task
 
     metric = get_task(cfg.task, cfg.lang).spec.metric
@@ -802,9 +932,21 @@ def _cmd_grid(args: argparse.Namespace) -> int:
             grid, experiment=dataclasses.replace(grid.experiment, out=args.out)
         )
     shard = parse_shard(args.shard) if args.shard else (0, 1)
+    if args.shard:
+        print(
+            "promptatlas: --shard is deprecated and will be removed: a shard retrains the "
+            "dependencies it does not own; run the whole grid with --executor ray (this "
+            "machine's GPUs or a Ray cluster, docs/executors.md). `promptatlas runs --merge` "
+            "still combines separate studies",
+            file=sys.stderr,
+        )
+    executor = _executor(args, grid)
     _check_folder(grid.experiment.out)
     with ResultsDB(args.db) as db:
-        run_grid(grid, db=db, shard=shard, progress=not args.quiet, report=not args.no_report)
+        run_grid(
+            grid, db=db, shard=shard, progress=not args.quiet, report=not args.no_report,
+            html=not args.no_report, executor=executor, tensorboard=_tensorboard(args),
+        )  # fmt: skip
     return 0
 
 
@@ -1070,12 +1212,38 @@ def _cmd_run(args: argparse.Namespace) -> int:
             grid = dataclasses.replace(
                 grid, experiment=dataclasses.replace(grid.experiment, **overrides)
             )
+            executor = _executor(args, grid)
             _check_folder(grid.experiment.out)
-            run_grid(grid, db=db, progress=not args.quiet)
+            run_grid(
+                grid, db=db, progress=not args.quiet, executor=executor,
+                tensorboard=_tensorboard(args),
+            )  # fmt: skip
         else:
             exp = dataclasses.replace(load_experiment(args.experiment), **overrides)
             _check_folder(exp.out)
-            run_experiment(exp, db=db, progress=not args.quiet)
+            run_experiment(exp, db=db, progress=not args.quiet, tensorboard=_tensorboard(args))
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from promptatlas.bank.peft_import import import_peft
+    from promptatlas.bank.store import check_prompt_target
+    from promptatlas.models import load_model
+
+    check_prompt_target(args.out, overwrite=args.overwrite)  # before the model loads
+    handle = load_model(args.model, device=args.device)
+    path = import_peft(
+        args.from_peft, args.out, handle, kv=args.kv, task=args.task, lang=args.lang,
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    print(f"imported the PEFT adapter {args.from_peft} as the prompt directory {path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from promptatlas.report.html import write_html
+
+    print(f"wrote {write_html(args.html, args.out)}")
     return 0
 
 
@@ -1904,6 +2072,8 @@ _COMMANDS = {
     "suggest": _cmd_suggest,
     "compose": _cmd_compose,
     "ipt": _cmd_ipt,
+    "import": _cmd_import,
+    "report": _cmd_report,
 }
 
 
@@ -1911,6 +2081,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from promptatlas.bank import ExportError, PromptLoadError
     from promptatlas.models import ModelNotAvailableError, UnsupportedArchitectureError
     from promptatlas.prompts import PromptConfigError
+    from promptatlas.studies.executors import ExecutorError
     from promptatlas.studies.experiment import ExperimentError
     from promptatlas.tasks import DataError
     from promptatlas.training import TrainConfigError
@@ -1921,6 +2092,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         PromptLoadError,
         ExportError,
         ExperimentError,
+        ExecutorError,
         ProjectorError,
         ModelNotAvailableError,
         UnsupportedArchitectureError,
