@@ -95,7 +95,12 @@ def test_shard_is_deprecated(
     import promptatlas.studies.grid as grid_mod
 
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(grid_mod, "run_grid", lambda grid, **kw: calls.append(kw) or 0)
+
+    def fake_run_grid(grid: Any, **kw: Any) -> int:
+        calls.append(kw)
+        return 0
+
+    monkeypatch.setattr(grid_mod, "run_grid", fake_run_grid)
     config = Path(__file__).resolve().parents[1] / "configs" / "transfer-grid.yaml"
     code, _, err = _run(capsys, "grid", str(config), "--shard", "0/2", "--out", str(tmp_path / "g"))
     assert code == 0 and calls[0]["shard"] == (0, 2)
