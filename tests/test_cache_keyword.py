@@ -35,7 +35,7 @@ def test_no_past_key_values_warning(
     tiny_handles: dict[str, Any], name: str, method: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     handle = tiny_handles[name]
-    prompt = SoftPrompt(PromptConfig(method=method, length=3), handle.geometry)
+    prompt = SoftPrompt(PromptConfig(method=method, length=3), handle.geometry)  # type: ignore[arg-type]
     prompt.initialise(handle, generator=torch.Generator().manual_seed(0))
     plm = PromptedLM(handle, prompt)
     ids = torch.randint(5, 200, (2, 5), generator=torch.Generator().manual_seed(1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -307,7 +308,7 @@ def test_step_callbacks_get_each_record(
 ) -> None:
     from promptatlas.training.curves import CurveWriter, read_curve
 
-    seen: list[dict[str, Any]] = []
+    seen: list[Mapping[str, Any]] = []
     dev = load_split("sa", "en", "dev", limit=4)
     cfg = TrainConfig(steps=4, batch_size=4, lr=0.05, eval_every=2, checkpoint_every=0)
     plm, fmt = _setup(tiny_handles["tiny-gpt2"])
