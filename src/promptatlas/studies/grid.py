@@ -705,6 +705,9 @@ _WORKER: dict[str, Any] = {"key": None, "handle": None, "loads": 0}
 def _worker_handle(model: str, device: str | None) -> ModelHandle:
     """The model of this worker process: loaded once, reused by every cell it runs."""
     if _WORKER["key"] != (model, device):
+        from promptatlas.console import quiet_libraries
+
+        quiet_libraries()  # no loading bars from every worker in the driver's terminal
         _WORKER["handle"] = load_model(model, device=device)
         _WORKER["key"] = (model, device)
         _WORKER["loads"] += 1
