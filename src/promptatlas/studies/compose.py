@@ -567,7 +567,8 @@ def write_report(cfg: CompositionConfig, log: Callable[[str], Any] = print) -> l
     )
     parts = [f"# {cfg.name}: {cfg.model}\n"]
     for lang in cfg.langs:
-        table = comparison_table(scores, methods=cfg.compose.methods, lang=lang, tasks=cfg.targets)
+        methods = [m for m in COMPOSE_METHODS if m in cfg.compose.methods]  # Table 1 order
+        table = comparison_table(scores, methods=methods, lang=lang, tasks=cfg.targets)
         written.append(write_comparison_csv(table, report / f"comparison-{lang}.csv"))
         text = comparison_markdown(table, paper=True)
         parts.append(f"\n## {lang} (×100; mean ± std over seeds {list(cfg.seeds)})\n\n{text}")
