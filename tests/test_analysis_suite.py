@@ -135,6 +135,7 @@ def test_analyze_cli(tiny_grid: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     out = tmp_path / "pca"
     assert main(["analyze", "pca", "--prompts", str(tiny_grid / "bank"), "--out", str(out)]) == 0
     assert (out / "pca_v2.png").read_bytes()[:8] == PNG
+    assert "pca_v2" in (out / "index.html").read_text(encoding="utf-8")  # the atlas page
     code = main(
         ["analyze", "layers", "--from", str(tmp_path / "none"), "--out", str(tmp_path / "c.yaml")]
     )

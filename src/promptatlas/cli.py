@@ -1291,7 +1291,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         suite.analyze_pca(entries, out / "pca" if args.analysis == "all" else out)
     if args.analysis == "all":
         suite.select_compression_layers(out / "attention", out / "compression.yaml")
-    print(f"figures, tables and summaries in {out}")
+    from promptatlas.report.html import write_html
+
+    print(f"figures, tables and summaries in {out}; page: {write_html(out)}")
     return 0
 
 
