@@ -320,3 +320,23 @@ def test_matrix_perturbs_each_skill_set_in_each_prompted_model(
     ]  # fmt: skip
     assert (out / "matrix.png").read_bytes()[:8] == PNG
     assert json.loads((out / "run.json").read_text())["config"]["mode"] == "zero"
+
+
+def test_suggest_by_the_best_measured_indicator(
+    bank: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _cells(bank, tmp_path / "grid" / "report")
+    ind = tmp_path / "ind"
+    argv = ["indicators", "--grid", str(tmp_path / "grid"), "--out", str(ind),
+            "--train-limit", "16", "--dev-limit", "16", "--p", "0.05"]  # fmt: skip
+    assert main(argv) == 0
+    ranking = json.loads((ind / "indicators.json").read_text())["ranking"]
+    out = tmp_path / "s.json"
+    argv = ["suggest", "--task", "sa", "--lang", "en", "--bank", str(bank), "--indicator",
+            str(ind), "--train-limit", "16", "--dev-limit", "16", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    chosen = json.loads(out.read_text())["ranking"][0]
+    skill_ranked = [n for n in ranking if n in ("skill_corr", "skill_overlap")]
+    assert f"indicator {skill_ranked[0]}" in capsys.readouterr().out
+    assert chosen["rank"] == 1
+    assert json.loads(out.read_text())["indicator"] == skill_ranked[0]

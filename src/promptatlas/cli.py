@@ -1547,7 +1547,12 @@ def _add_suggest(sub: Any) -> None:
     p.add_argument("--lang", required=True, help="its language")
     p.add_argument("--bank", required=True, help="a folder of prompt directories (one model)")
     p.add_argument("--top", type=int, default=3, help="sources to list (default 3)")
-    p.add_argument("--indicator", default=SUGGEST_INDICATOR, help=f"default {SUGGEST_INDICATOR}")
+    p.add_argument(
+        "--indicator",
+        default=SUGGEST_INDICATOR,
+        help=f"an indicator name (default {SUGGEST_INDICATOR}), or an `indicators` output folder: "
+        "its best measured indicator that the probe can compute",
+    )
     p.add_argument("--probe-prompt", default=None, help="a prompt of the new task")
     p.add_argument("--train-limit", type=int, default=64, help="default 64")
     p.add_argument("--dev-limit", type=int, default=64, help="default 64")
@@ -1706,7 +1711,8 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         handle=handle,
         log=print,
     )
-    print(f"sources for {args.task}-{args.lang} by {args.indicator}:")
+    indicator = ranked[0].indicator if ranked else args.indicator
+    print(f"sources for {args.task}-{args.lang} by {indicator}:")
     for s in ranked:
         print(f"  {s.rank}. {s.source}  {s.value:+.4f}")
     if args.out:
@@ -1719,7 +1725,7 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
             {
                 "task": args.task,
                 "lang": args.lang,
-                "indicator": args.indicator,
+                "indicator": indicator,
                 "ranking": [{"rank": s.rank, "source": s.source, "value": s.value} for s in ranked],
                 "values": values,
             },

@@ -14,6 +14,7 @@ suggestions for a new task (spec §B, docs/skill-neurons.md).
 from __future__ import annotations
 
 import csv
+import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -61,6 +62,7 @@ __all__ = [
     "SKILL_INDICATORS",
     "SUGGEST_INDICATOR",
     "GridIndicators",
+    "best_indicator",
     "grid_indicators",
     "grid_transfer",
     "perturbation_matrix",
@@ -328,6 +330,27 @@ def grid_indicators(
 # -- suggest sources for a new task -------------------------------------------------------------
 
 
+def best_indicator(indicators_dir: str | Path, *, prompts: bool = False) -> str:
+    """The best-ranked indicator of an ``indicators`` output folder (``indicators.json``) that
+    a probe can compute: a skill-neuron one, or with ``prompts`` (a probe prompt) any
+    embedding or ON indicator too. Indicators without a finite ρ are never chosen."""
+    path = Path(indicators_dir) / "indicators.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{indicators_dir} holds no indicators.json; run `indicators`")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for name in data.get("ranking", []):  # by mean per-target ρ, then pooled ρ
+        c = data["correlations"].get(name, {})
+        rhos = [c.get("mean"), c.get("pooled")]
+        if not any(r is not None and math.isfinite(float(r)) for r in rhos):
+            continue
+        if name in SKILL_INDICATORS or (prompts and name != "skill_on"):
+            return str(name)
+    raise ValueError(
+        f"no indicator in {path} with a finite ρ that this probe can compute"
+        + ("" if prompts else "; give --probe-prompt to allow embedding and ON indicators")
+    )
+
+
 def suggest_sources(
     task: str,
     lang: str,
@@ -345,14 +368,18 @@ def suggest_sources(
     log: Log = _quiet,
 ) -> tuple[list[Suggestion], dict[str, dict[str, float]]]:
     """Rank the task prompts of ``bank`` (one model) as transfer sources for ``task``/``lang``
-    by ``indicator``, before any transfer training. Returns the top suggestions and every
-    computed indicator per source.
+    by ``indicator`` (a name, or an ``indicators`` output folder: its best measured indicator
+    that the probe can compute, :func:`best_indicator`), before any transfer training.
+    Returns the top suggestions and every computed indicator per source.
 
     Data needed: skill-neuron indicators (``skill_corr``, ``skill_overlap``; the default) read
     ``train_limit`` labelled training and ``dev_limit`` held-out examples of the new task
     (and as many of each source's task); embedding and ON indicators (``cos_*``, ``euc_*``,
     ``on_*``) need ``probe_prompt``, a prompt of the new task trained for a few steps."""
     target = get_task(task, lang)
+    if Path(indicator).is_dir():
+        indicator = best_indicator(indicator, prompts=probe_prompt is not None)
+        log(f"indicator {indicator} (the best measured one that this probe can compute)")
     skill_kind = indicator in SKILL_INDICATORS
     if not skill_kind and probe_prompt is None:
         raise ValueError(
