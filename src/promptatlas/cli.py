@@ -1335,6 +1335,20 @@ def _skill_default(cls_name: str, name: str) -> Any:
     return getattr(getattr(neurons, cls_name)(), name)
 
 
+def _study_default(func: str, name: str) -> Any:
+    """A keyword default of a function of promptatlas.studies.skill, for help texts."""
+    import inspect
+
+    from promptatlas.studies import skill
+
+    return inspect.signature(getattr(skill, func)).parameters[name].default
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The options given on the command line (None = the library default)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def _pct(values: Any) -> str:
     return ",".join(f"{v:g}" for v in values)
 
@@ -1492,9 +1506,24 @@ def _add_neurons(sub: Any) -> None:
     m.add_argument("--prompts", nargs="+", required=True, help="task prompt directories")
     m.add_argument("--skill", nargs="+", required=True, help="`neurons find` folders")
     m.add_argument("--out", required=True, help="output folder")
-    m.add_argument("--p", type=float, default=0.01, help="fraction per layer (default 0.01)")
-    m.add_argument("--mode", choices=MODES, default="gaussian", help="default gaussian")
-    m.add_argument("--sigma", type=float, default=0.1, help="gaussian σ (default 0.1)")
+    m.add_argument(
+        "--p",
+        type=float,
+        default=None,
+        help=f"fraction per layer (default {_study_default('perturbation_matrix', 'p')})",
+    )
+    m.add_argument(
+        "--mode",
+        choices=MODES,
+        default=None,
+        help=f"default {_study_default('perturbation_matrix', 'mode')}",
+    )
+    m.add_argument(
+        "--sigma",
+        type=float,
+        default=None,
+        help=f"gaussian σ (default {_study_default('perturbation_matrix', 'sigma')})",
+    )
     m.add_argument("--test-limit", type=int, default=None, help="test examples (default: all)")
     m.add_argument("--data-dir", default=None, help="folder laid out like shared/data")
     for a in (f, q, r, m):
@@ -1518,14 +1547,24 @@ def _add_indicators(sub: Any) -> None:
     )
     p.add_argument("--grid", required=True, help="the output folder of a finished grid")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--p", type=float, default=0.01, help="skill-neuron fraction (default 0.01)")
+    p.add_argument(
+        "--p",
+        type=float,
+        default=None,
+        help=f"skill-neuron fraction (default {_study_default('grid_indicators', 'p')})",
+    )
     p.add_argument(
         "--no-skill",
         action="store_true",
         help="skip the skill-neuron indicators (they read each task's train/dev examples)",
     )
-    p.add_argument("--train-limit", type=int, default=128, help="per task (default 128)")
-    p.add_argument("--dev-limit", type=int, default=128, help="per task (default 128)")
+    for name in ("train_limit", "dev_limit"):
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=int,
+            default=None,
+            help=f"per task (default {_study_default('grid_indicators', name)})",
+        )
     p.add_argument("--data-dir", default=None, help="folder laid out like shared/data")
     p.add_argument("--device", default=None)
 
@@ -1546,7 +1585,12 @@ def _add_suggest(sub: Any) -> None:
     p.add_argument("--task", required=True, help="the new task (a registered name or task file)")
     p.add_argument("--lang", required=True, help="its language")
     p.add_argument("--bank", required=True, help="a folder of prompt directories (one model)")
-    p.add_argument("--top", type=int, default=3, help="sources to list (default 3)")
+    p.add_argument(
+        "--top",
+        type=int,
+        default=None,
+        help=f"sources to list (default {_study_default('suggest_sources', 'top')})",
+    )
     p.add_argument(
         "--indicator",
         default=SUGGEST_INDICATOR,
@@ -1554,8 +1598,14 @@ def _add_suggest(sub: Any) -> None:
         "its best measured indicator that the probe can compute",
     )
     p.add_argument("--probe-prompt", default=None, help="a prompt of the new task")
-    p.add_argument("--train-limit", type=int, default=64, help="default 64")
-    p.add_argument("--dev-limit", type=int, default=64, help="default 64")
+    for name in ("train_limit", "dev_limit"):
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=int,
+            default=None,
+            help=f"examples of the new task and of each source's task (default "
+            f"{_study_default('suggest_sources', name)})",
+        )
     p.add_argument("--model", default=None, help="only the bank's prompts of this model")
     p.add_argument("--out", default=None, help="also write the ranking and values as JSON")
     p.add_argument("--data-dir", default=None, help="folder laid out like shared/data")
@@ -1598,9 +1648,7 @@ def _cmd_neurons(args: argparse.Namespace) -> int:
             args.prompts,
             args.skill,
             args.out,
-            p=args.p,
-            mode=args.mode,
-            sigma=args.sigma,
+            **_given(p=args.p, mode=args.mode, sigma=args.sigma),
             test_limit=args.test_limit,
             data_dir=args.data_dir,
             precision=args.precision,
@@ -1673,10 +1721,8 @@ def _cmd_indicators(args: argparse.Namespace) -> int:
     grid_indicators(
         args.grid,
         args.out,
-        p=args.p,
+        **_given(p=args.p, train_limit=args.train_limit, dev_limit=args.dev_limit),
         skill=not args.no_skill,
-        train_limit=args.train_limit,
-        dev_limit=args.dev_limit,
         data_dir=args.data_dir,
         handle=handle,
         log=print,
@@ -1701,11 +1747,9 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         _name(args.task),
         _name(args.lang),
         args.bank,
-        top=args.top,
+        **_given(top=args.top, train_limit=args.train_limit, dev_limit=args.dev_limit),
         indicator=args.indicator,
         probe_prompt=args.probe_prompt,
-        train_limit=args.train_limit,
-        dev_limit=args.dev_limit,
         data_dir=args.data_dir,
         model=args.model,
         handle=handle,
