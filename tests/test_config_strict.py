@@ -147,3 +147,19 @@ def test_from_dict_types() -> None:
         assert needle in str(info.value)
     with pytest.raises(ConfigError, match="expected a mapping of TrainConfig options"):
         from_dict(TrainConfig, [1, 2])
+
+
+def test_train_by_task_takes_task_lang_keys_over_task_keys(tmp_path: Path) -> None:
+    path = _experiment(
+        tmp_path,
+        "train: {steps: 5}\ntrain_by_task: {sa: {steps: 7, lr: 0.2}, sa-en: {steps: 9}}\n",
+    )
+    exp = load_experiment(path)
+    train = exp.run_config("sa", "en", "v1", 1).train
+    assert (train.steps, train.lr) == (9, 0.2)  # task-lang wins over task; task's lr stays
+
+
+def test_train_by_task_names_an_unknown_task_lang_pair(tmp_path: Path) -> None:
+    path = _experiment(tmp_path, "train_by_task: {sa-ko: {steps: 9}}\n")
+    with pytest.raises(ExperimentError, match=r"\['sa-ko'\].*or task-lang pairs"):
+        load_experiment(path)

@@ -13,7 +13,7 @@ Example (see ``configs/quickstart.yaml``)::
       v2: {method: v2, length: 20, kv: shared}
     train: {steps: 30, batch_size: 8, lr: 0.03}   # TrainConfig options for every method
     train_by_method: {v1: {lr: 0.3}}              # per-method overrides
-    train_by_task: {nli: {batch_size: 32}}        # per-task overrides (method wins)
+    train_by_task: {nli: {batch_size: 32}, sa-ko: {steps: 90}}  # task or task-lang (method wins)
     format_by_task: {nli: {max_length: 150}}      # FormatConfig per task
     eval: {batch_size: 16}
     train_limit: null
@@ -110,12 +110,16 @@ class ExperimentConfig(ConfigBase):
         unknown = set(self.train_by_method) - set(self.methods)
         if unknown:
             raise ExperimentError(f"train_by_method names unknown methods {sorted(unknown)}")
+        pairs = {f"{t}-{lang}" for t in self.tasks for lang in self.langs}
         for name in ("train_by_task", "format_by_task"):  # a misspelt task would be ignored
             unknown = set(getattr(self, name)) - set(self.tasks)
+            if name == "train_by_task":  # also "task-lang" keys (e.g. sa-ko)
+                unknown -= pairs
             if unknown:
                 raise ExperimentError(
                     f"{name} names tasks {sorted(unknown)} that are not in tasks "
                     f"({', '.join(self.tasks)})"
+                    + (" or task-lang pairs" if name == "train_by_task" else "")
                 )
         for cell in self.cells():  # validate every run config up front, before any training
             self.run_config(*cell)
@@ -134,6 +138,7 @@ class ExperimentConfig(ConfigBase):
         train = {
             **self.train,
             **self.train_by_task.get(task, {}),
+            **self.train_by_task.get(f"{task}-{lang}", {}),
             **self.train_by_method.get(method, {}),
             "seed": seed,
         }
