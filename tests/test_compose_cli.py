@@ -191,3 +191,5 @@ def test_shipped_composition_configs() -> None:
     assert gpu.compose.amp.lr == 5e-5 and gpu.compose.amp.warmup_steps == 500  # the paper's
     assert gpu.compose.ipt is not None and gpu.compose.ipt.fit.steps == 100_000
     assert set(gpu.compose.ipt.dims) == {1, 2, 5, 10, 25}
+    small = load_composition(CONFIGS / "compose-small.yaml")
+    assert small.compose.amp == cpu.compose.amp and small.langs == ("en",)
