@@ -184,9 +184,23 @@ def _run_local(
         on_result(job.key, result)
 
 
-def _call(work: Any, shared: Any, payload: Any, needs: Sequence[Hashable], *values: Any) -> Any:
+def _call(
+    work: Any,
+    shared: Any,
+    payload: Any,
+    threads: int | None,
+    needs: Sequence[Hashable],
+    *values: Any,
+) -> Any:
     """The body of every Ray task: the needed results arrive as values (Ray resolves the object
-    references passed as arguments before the task starts)."""
+    references passed as arguments before the task starts). ``threads``: the driver's torch
+    thread count on a local Ray (a worker otherwise gets one thread per CPU it holds): float
+    sums depend on the thread count, and the same machine must give the same prompt bytes with
+    either executor."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     return work((shared, payload), dict(zip(needs, values, strict=True)))
 
 
@@ -224,9 +238,15 @@ def _run_ray(
             if any(key in job.needs for job in plan.jobs):
                 refs[key] = ray.put(value)
         pending: dict[Any, Job] = {}
+        threads = None if spec.address else _driver_threads()
         for job in plan.jobs:
             ref = task.remote(
-                work_ref, shared_ref, job.payload, job.needs, *(refs[n] for n in job.needs)
+                work_ref,
+                shared_ref,
+                job.payload,
+                threads,
+                job.needs,
+                *(refs[n] for n in job.needs),
             )
             refs[job.key] = ref
             pending[ref] = job
@@ -234,6 +254,12 @@ def _run_ray(
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _driver_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _collect(
