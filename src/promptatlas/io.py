@@ -96,6 +96,18 @@ def dumps_json(data: Any) -> str:
 # -- files ------------------------------------------------------------------------------------
 
 
+def read_json_object(path: Path, error: type[Exception], *, where: str, fix: str) -> dict[str, Any]:
+    """The JSON object in ``path``; text that is not JSON, or JSON that is not an object, raises
+    ``error`` naming ``where`` (how the caller names the file) and ``fix`` (what to do)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{where} is not valid JSON ({exc}); {fix}") from exc
+    if not isinstance(data, dict):
+        raise error(f"{where} must hold a JSON object, found {type(data).__name__}; {fix}")
+    return data
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path`` for a writer that wants a file name (matplotlib,

@@ -23,7 +23,6 @@ one trainable segment ``task``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 
 from promptatlas.bank.peft_export import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from promptatlas.bank.store import save_prompt
+from promptatlas.io import read_json_object
 from promptatlas.models.adapters import ModelGeometry
 from promptatlas.models.registry import ModelHandle
 from promptatlas.prompts.config import PromptConfig
@@ -94,15 +94,9 @@ def _read_config(folder: Path) -> dict[str, Any]:
             f"{folder} has no {ADAPTER_CONFIG}, so it is not a PEFT adapter folder (the folder "
             "PeftModel.save_pretrained writes); pass that folder"
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PeftImportError(
-            f"{path} is not valid JSON ({exc}); re-save the adapter with save_pretrained"
-        ) from exc
-    if not isinstance(data, dict):
-        raise PeftImportError(f"{path} must hold a JSON object; re-save the adapter")
-    return data
+    return read_json_object(
+        path, PeftImportError, where=str(path), fix="re-save the adapter with save_pretrained"
+    )
 
 
 def _check_config(config: Mapping[str, Any], folder: Path) -> None:

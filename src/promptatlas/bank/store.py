@@ -14,7 +14,6 @@ one, never a mix or a half-written file.
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import warnings
 from collections.abc import Mapping
@@ -29,7 +28,7 @@ import torch
 from promptatlas.bank._atomic import atomic_directory
 from promptatlas.evaluation.evaluate import EvalConfig
 from promptatlas.formatting import FormatConfig
-from promptatlas.io import dumps_json, write_text_atomic
+from promptatlas.io import dumps_json, read_json_object, write_text_atomic
 from promptatlas.models.adapters import ModelGeometry
 from promptatlas.models.registry import ModelHandle
 from promptatlas.outputs import OutputPathError, check_output_path
@@ -328,19 +327,12 @@ def _read_json(path: Path) -> dict[str, Any]:
             f"{path.name} is missing in {path.parent}; this is not a complete prompt directory "
             "(re-save or re-copy the prompt)"
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PromptLoadError(
-            f"{path.name} in {path.parent} is not valid JSON ({exc}); restore it from a copy or "
-            "re-train the prompt"
-        ) from exc
-    if not isinstance(data, dict):
-        raise PromptLoadError(
-            f"{path.name} in {path.parent} must hold a JSON object, found {type(data).__name__}; "
-            "restore it from a copy or re-train the prompt"
-        )
-    return data
+    return read_json_object(
+        path,
+        PromptLoadError,
+        where=f"{path.name} in {path.parent}",
+        fix="restore it from a copy or re-train the prompt",
+    )
 
 
 def _parse_metadata(data: Mapping[str, Any], path: Path) -> PromptMetadata:

@@ -39,7 +39,7 @@ from promptatlas.bank import versions
 from promptatlas.configtools import ConfigBase, ConfigError
 from promptatlas.evaluation.evaluate import EvalConfig
 from promptatlas.formatting import TaskFormatter
-from promptatlas.io import json_default, write_bytes_atomic, write_text_atomic
+from promptatlas.io import json_default, read_json_object, write_bytes_atomic, write_text_atomic
 from promptatlas.models.adapters import ModelGeometry
 from promptatlas.models.registry import ModelHandle
 from promptatlas.prompts.config import PromptConfig, PromptConfigError, SegmentConfig
@@ -679,14 +679,12 @@ def load_projector(directory: str | Path) -> tuple[PromptProjector, dict[str, An
                 f"{file.name} is missing in {path}; this is not a complete projector directory "
                 "(re-save or re-copy it)"
             )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProjectorLoadError(
-            f"{meta_path.name} in {path} is not valid JSON ({exc}); restore it or re-train"
-        ) from exc
-    if not isinstance(meta, dict):
-        raise ProjectorLoadError(f"{meta_path.name} in {path} must hold a JSON object")
+    meta = read_json_object(
+        meta_path,
+        ProjectorLoadError,
+        where=f"{meta_path.name} in {path}",
+        fix="restore it or re-train",
+    )
     if meta.get("format_version") != PROJECTOR_FORMAT_VERSION:
         raise ProjectorLoadError(
             f"{meta_path.name} in {path} has format_version {meta.get('format_version')!r}; "
