@@ -6,7 +6,8 @@ The layer order, lowest first (a module may import from its own layer and the on
 
 0. base — ``io`` (atomic writes, the JSON encoder), ``outputs`` (output path checks),
    ``configtools`` (the config base, ``ConfigError``), ``defaults`` (the table of defaults),
-   ``console`` (terminal output): no science, importable from anywhere;
+   ``console`` (terminal output), ``launch`` (refusing multi-process launchers): no science,
+   importable from anywhere;
 1. ground — ``models``, ``tasks``, ``prompts``, ``formatting``;
 2. loops — ``training``, ``evaluation``;
 3. bank — the prompt store and results database;
@@ -33,7 +34,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "promptatlas"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("io", "outputs", "configtools", "defaults", "console"),
+    ("io", "outputs", "configtools", "defaults", "console", "launch"),
     ("models", "tasks", "prompts", "formatting"),
     ("training", "evaluation"),
     ("bank",),

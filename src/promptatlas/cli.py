@@ -2131,6 +2131,7 @@ _COMMANDS = {
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from promptatlas.bank import ExportError, PromptLoadError
+    from promptatlas.launch import LaunchError
     from promptatlas.models import ModelNotAvailableError, UnsupportedArchitectureError
     from promptatlas.prompts import PromptConfigError
     from promptatlas.studies.executors import ExecutorError
@@ -2140,6 +2141,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from promptatlas.transfer import ProjectorError
 
     return (
+        LaunchError,
         DataError,
         PromptLoadError,
         ExportError,
@@ -2198,6 +2200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_warnings_as_lines()
     args = _parser().parse_args(argv)
     try:
+        from promptatlas.launch import refuse_multi_process_launch
+
+        refuse_multi_process_launch()
         return _COMMANDS[args.command](args)
     except _user_errors() as exc:
         if os.environ.get("PROMPTATLAS_DEBUG") == "1":

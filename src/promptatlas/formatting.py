@@ -7,10 +7,15 @@ prediction is the first target token.
 
 Separator: the tokenizer's sep token when it has one, else its eos token (Gemma and GPT-2 have
 no sep token; mGPT in the thesis used ``</s>``). Any literal text can be configured instead.
+
+A cue is a configuration too: ``FormatConfig(template="{text}\nSentiment:", separator="",
+target_prefix=" ")`` gives ``<bos> x \nSentiment: y <eos>`` with ``y`` the word-initial label
+word (`` positive``), the layout a base LM reads best (docs/defaults.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,11 +35,30 @@ class FormatConfig(ConfigBase):
     add_bos: bool = True
     add_eos: bool = True  # after the target
     max_length: int | None = None  # total tokens of input + target; None = the task's budget
+    # Text around the inputs, with a {name} slot per input of the task ("{text}\nSentiment:"),
+    # in place of the task's own layout (``x1 <sep> [x2 <sep>]``); the separator still ends it.
+    template: str | None = None
+    # Text before every target: label words and answers (" " after a cue ending in ":", so the
+    # label word is the word-initial token the model predicts there).
+    target_prefix: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.max_length is not None and self.max_length < 8:
             raise ConfigError(f"max_length must be ≥ 8 tokens, got {self.max_length}")
+        if self.template is not None:
+            try:
+                names = [n for _, n, _, _ in string.Formatter().parse(self.template) if n]
+            except ValueError as exc:
+                raise ConfigError(
+                    f"format.template {self.template!r} is not a valid template ({exc}); "
+                    "write each input as {name}, e.g. '{text}\\nSentiment:'"
+                ) from None
+            if not names:
+                raise ConfigError(
+                    f"format.template {self.template!r} has no input slot; "
+                    "write each input as {name}, e.g. '{text}\\nSentiment:'"
+                )
 
 
 @dataclass(frozen=True)
@@ -64,8 +88,10 @@ class TaskFormatter:
 
     def __init__(self, tokenizer: Any, task: TaskVariant, fmt: FormatConfig | None = None) -> None:
         self.tokenizer = tokenizer
-        self.task = task
         self.fmt = fmt or FormatConfig()
+        if self.fmt.template is not None:
+            task = _with_template(task, self.fmt.template)
+        self.task = task
         self.max_length = self.fmt.max_length or task.max_length
         self.bos = (
             [tokenizer.bos_token_id]
@@ -93,7 +119,7 @@ class TaskFormatter:
 
     # -- encoding ------------------------------------------------------------------------
     def encode_target(self, text: str) -> list[int]:
-        ids = self._tok(text)
+        ids = self._tok(self.fmt.target_prefix + text)
         return [*ids, self.eos_id] if self.fmt.add_eos else ids
 
     def _layout(self) -> tuple[list[int], list[list[int]], list[int]]:
@@ -153,12 +179,31 @@ class TaskFormatter:
         """Token ids of each label's verbalizer (classification tasks), without eos."""
         if self._label_ids is None:
             self._label_ids = {
-                label: self._tok(self.task.verbalizers[label]) for label in self.task.labels
+                label: self._tok(self.fmt.target_prefix + self.task.verbalizers[label])
+                for label in self.task.labels
             }
             empty = [lab for lab, ids in self._label_ids.items() if not ids]
             if empty:
                 raise ValueError(f"label words of {empty} tokenize to nothing")
         return self._label_ids
+
+
+def _with_template(task: TaskVariant, template: str) -> TaskVariant:
+    """``task`` laid out by ``template``; every slot must name an input of the task (or be
+    ``input1``, ``input2``…) and every input must have a slot."""
+    names = list(task.inputs) or [f"input{i + 1}" for i in range(task.spec.n_inputs)]
+    slots = [n for _, n, _, _ in string.Formatter().parse(template) if n]
+    aliases = {f"input{i + 1}": n for i, n in enumerate(names)}
+    used = [aliases.get(s, s) for s in slots]
+    unknown = [s for s, u in zip(slots, used, strict=True) if u not in names]
+    missing = [n for n in names if n not in used]
+    if unknown or missing:
+        problem = f"names {unknown}, not inputs of" if unknown else f"leaves out {missing} of"
+        raise ConfigError(
+            f"format.template {template!r} {problem} task {task.name}; its inputs are "
+            + ", ".join("{" + n + "}" for n in names)
+        )
+    return dataclasses.replace(task, template=template)
 
 
 def _truncate(parts: list[list[int]], budget: int) -> None:

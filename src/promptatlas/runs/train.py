@@ -33,6 +33,7 @@ from promptatlas.configtools import ConfigBase, ConfigError, Precision, from_dic
 from promptatlas.evaluation.evaluate import EvalConfig, EvalResult, evaluate, paired_gain
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.io import write_json_atomic
+from promptatlas.launch import refuse_multi_process_launch
 from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
 from promptatlas.models.precision import resolve_precision
 from promptatlas.prompts import PromptConfig, PromptedLM, SoftPrompt, check_context
@@ -253,6 +254,7 @@ def train_run(
     beside it at the end; see :func:`recording_curve`); ``tensorboard``: a folder for
     TensorBoard event files of the same curve.
     """
+    refuse_multi_process_launch()  # N launched copies would race for ``out``
     out = Path(out)
     checkpoints = checkpoint_dir_for(out)
     resuming = has_checkpoint(checkpoints)

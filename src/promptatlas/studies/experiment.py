@@ -14,7 +14,7 @@ Example (see ``configs/quickstart.yaml``)::
     train: {steps: 30, batch_size: 8, lr: 0.03}   # TrainConfig options for every method
     train_by_method: {v1: {lr: 0.3}}              # per-method overrides
     train_by_task: {nli: {batch_size: 32}, sa-ko: {steps: 90}}  # task or task-lang (method wins)
-    format_by_task: {nli: {max_length: 150}}      # FormatConfig per task
+    format_by_task: {nli: {max_length: 150}}      # FormatConfig per task or task-lang
     eval: {batch_size: 16}
     train_limit: null
     test_limit: 100
@@ -113,13 +113,11 @@ class ExperimentConfig(ConfigBase):
         pairs = {f"{t}-{lang}" for t in self.tasks for lang in self.langs}
         for name in ("train_by_task", "format_by_task"):  # a misspelt task would be ignored
             unknown = set(getattr(self, name)) - set(self.tasks)
-            if name == "train_by_task":  # also "task-lang" keys (e.g. sa-ko)
-                unknown -= pairs
+            unknown -= pairs  # also "task-lang" keys (e.g. sa-ko)
             if unknown:
                 raise ExperimentError(
                     f"{name} names tasks {sorted(unknown)} that are not in tasks "
-                    f"({', '.join(self.tasks)})"
-                    + (" or task-lang pairs" if name == "train_by_task" else "")
+                    f"({', '.join(self.tasks)}) or task-lang pairs"
                 )
         for cell in self.cells():  # validate every run config up front, before any training
             self.run_config(*cell)
@@ -150,7 +148,13 @@ class ExperimentConfig(ConfigBase):
             train=from_dict(TrainConfig, train, path="train"),
             eval=from_dict(EvalConfig, self.eval, path="eval"),
             format=from_dict(
-                FormatConfig, {**self.format, **self.format_by_task.get(task, {})}, path="format"
+                FormatConfig,
+                {
+                    **self.format,
+                    **self.format_by_task.get(task, {}),
+                    **self.format_by_task.get(f"{task}-{lang}", {}),
+                },
+                path="format",
             ),
             data_dir=self.data_dir,
             train_limit=self.train_limit,

@@ -984,6 +984,8 @@ def _analyse(
             "out": str(grid.out / "compression"),
             "precision": grid.experiment.precision,
             "format": dict(grid.experiment.format),
+            # The grid's per-task formats (a cue on sa-en) for the compression's tasks.
+            "format_by_task": _format_by_task_for(grid.experiment, spec.compression or {}),
             "eval": dict(grid.experiment.eval),
             "test_limit": grid.experiment.test_limit,
             # The grid's learning rates: v2 on a layer subset is trained like full v2.
@@ -1024,6 +1026,15 @@ def _analyse(
         run_experiment(
             load_experiment(compression), db=db, handle=runner.handle, progress=progress, log=log
         )
+
+
+def _format_by_task_for(exp: ExperimentConfig, compression: Mapping[str, Any]) -> dict[str, Any]:
+    """The experiment's ``format_by_task`` entries that name a task (or task-lang pair) of the
+    compression study, so its prompts read their inputs as the grid's prompts did."""
+    tasks = [str(t).lower() for t in compression.get("tasks", exp.tasks)]
+    langs = [str(lang).lower() for lang in compression.get("langs", exp.langs)]
+    names = set(tasks) | {f"{t}-{lang}" for t in tasks for lang in langs}
+    return {k: dict(v) for k, v in exp.format_by_task.items() if k in names}
 
 
 def _v2_attention_for_compression(
