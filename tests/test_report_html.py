@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import csv
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -202,3 +204,85 @@ def test_markdown_blocks() -> None:
     assert "<pre>&lt;a&gt; &amp; b</pre>" in out
     assert "<p>text *not a list*</p>" in out
     assert re.search(r"<table>", markdown_to_html("| a |\n| b |\n")) is None  # no rule line
+
+
+def _browser() -> object:
+    """A headless Chromium driven by Selenium (Debian's chromium and chromium-driver; `.ci/run`
+    installs them), or a skip saying what is missing."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.skip("no Chromium: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    # No network here: without these, Chromium keeps trying to reach Google's hosts.
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    from selenium.webdriver.chrome.service import Service
+
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def test_page_in_a_real_browser(results: Path, tmp_path: Path) -> None:
+    """Opened in headless Chromium: every figure decodes, every table renders its rows, every
+    contents link lands on its section, nothing from the files runs as script, no console error."""
+    page = write_html(results)
+    driver: Any = _browser()
+    try:
+        driver.get(page.as_uri())
+        assert driver.title == "demo: results with intervals"
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, "
+            "i.naturalHeight, i.getBoundingClientRect().width]);"
+        )
+        assert len(images) == 2
+        for complete, width, height, shown in images:
+            assert complete and width > 0 and height > 0 and shown > 0  # decoded and laid out
+        rows = driver.execute_script(
+            "return Array.from(document.querySelectorAll('table')).map(t => "
+            "[t.querySelector('th') ? t.querySelector('th').textContent : '', "
+            "t.querySelectorAll('tbody tr').length || t.querySelectorAll('tr').length - 1]);"
+        )
+        by_header = {header: n for header, n in rows}
+        assert by_header["method"] == 2  # the summary's markdown table
+        assert by_header["kind"] == 3  # cells.csv
+        assert by_header["prompt"] == 200  # kl_heads.csv, cut at max_rows
+        missing = driver.execute_script(
+            "return Array.from(document.querySelectorAll('a[href^=\"#\"]'))"
+            ".map(a => a.getAttribute('href').slice(1))"
+            ".filter(id => !document.getElementById(id));"
+        )
+        assert missing == []
+        # Following a contents link brings its section into view (at the top of the window,
+        # or as far as the page scrolls).
+        driver.execute_script("window.scrollTo(0, 0);")
+        driver.find_element("css selector", 'a[href="#s-atlas-attention"]').click()
+        hash_, top, height, scrolled, bottom = driver.execute_script(
+            "const s = document.getElementById('s-atlas-attention').getBoundingClientRect();"
+            "const e = document.scrollingElement;"
+            "return [location.hash, s.top, innerHeight, e.scrollTop, "
+            "e.scrollTop + innerHeight >= e.scrollHeight - 1];"
+        )
+        assert hash_ == "#s-atlas-attention"
+        assert 0 <= top < height and (abs(top) < 5 or (scrolled > 0 and bottom))
+        assert driver.execute_script("return document.scripts.length;") == 0
+        text = driver.find_element("tag name", "body").text
+        assert 'alert("summary")' in text  # shown as text, never run
+        errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+        assert errors == []
+        shot = tmp_path / "page.png"
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    finally:
+        driver.quit()
