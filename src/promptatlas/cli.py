@@ -234,6 +234,12 @@ def _add_train(sub: Any) -> None:
     _add_overwrite(p)
     _add_tensorboard(p)
     _add_common_model(p)
+    p.add_argument(
+        "--device-map",
+        default=None,
+        help="'auto': spread a backbone larger than one GPU over this machine's GPUs "
+        "(accelerate; --device is then ignored)",
+    )
 
 
 def _add_tensorboard(p: argparse.ArgumentParser) -> None:
@@ -738,6 +744,7 @@ def _run_config(args: argparse.Namespace, task: str, lang: str, model: str, prom
         train_limit=args.train_limit,
         test_limit=args.test_limit,
         device=args.device,
+        device_map=getattr(args, "device_map", None),
         eval=EvalConfig(**_eval_options(args)),
     )
 

@@ -72,6 +72,14 @@ class ModelHandle:
         dtype: torch.dtype = next(self.model.parameters()).dtype
         return dtype
 
+    def layer_device(self, layer: int) -> torch.device:
+        """The device of decoder layer ``layer``: :attr:`device` unless a ``device_map``
+        spread the model over several devices."""
+        if "device_map" not in self.info:
+            return self.device
+        device: torch.device = next(self.adapter.layers(self.model)[layer].parameters()).device
+        return device
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -412,8 +420,14 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str = torch.float32,
     attn_implementation: str = "eager",
+    device_map: str | dict[str, Any] | None = None,
 ) -> ModelHandle:
     """Load a frozen causal LM by registry name, hub id or local path.
+
+    ``device_map="auto"`` (or an explicit map, as transformers takes it) spreads a backbone
+    larger than one GPU over the GPUs (and CPU memory) with accelerate; ``device`` is then
+    ignored, the handle's device is the one holding the input embeddings, and v2 prefixes
+    are placed on each layer's own device.
 
     Eager attention is the default because the analyses need attention probabilities and it is
     the reference implementation; pass ``attn_implementation="sdpa"`` for speed when training.
@@ -443,11 +457,13 @@ def load_model(
         source = str(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=not online)
+        mapped = {} if device_map is None else {"device_map": device_map}
         model: Any = AutoModelForCausalLM.from_pretrained(
             path,
             dtype=torch_dtype,
             attn_implementation=attn_implementation,
             local_files_only=not online,
+            **mapped,
         )
     except OSError as exc:
         raise ModelNotAvailableError(
@@ -457,7 +473,10 @@ def load_model(
             "that directory."
         ) from exc
     adapter = adapter_for(model)
-    model.to(dev)
+    if device_map is None:
+        model.to(dev)
+    else:  # accelerate placed the modules; inputs enter where the embeddings are
+        dev = model.get_input_embeddings().weight.device
     model.eval()
     model.requires_grad_(False)
     if tokenizer.pad_token_id is None:
@@ -472,4 +491,13 @@ def load_model(
         device=dev,
         source=source,
         is_random=entry.is_random if entry else False,
+        info=(
+            {
+                "device_map": {
+                    k: str(v) for k, v in getattr(model, "hf_device_map", {"": dev}).items()
+                }
+            }
+            if device_map is not None
+            else {}
+        ),
     )

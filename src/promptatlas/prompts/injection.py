@@ -95,11 +95,12 @@ class PromptedLM:
         positions = torch.arange(k, device=self.device)
         for layer in range(g.n_layers):
             key, value = per_layer.get(layer, (zeros, zeros))
+            where = self.handle.layer_device(layer)  # a device_map puts layers apart
             cache.update(
-                _to_heads(key.to(self.device, dtype), g.n_kv_heads, batch),
-                _to_heads(value.to(self.device, dtype), g.n_kv_heads, batch),
+                _to_heads(key.to(where, dtype), g.n_kv_heads, batch),
+                _to_heads(value.to(where, dtype), g.n_kv_heads, batch),
                 layer,
-                cache_kwargs={"cache_position": positions},
+                cache_kwargs={"cache_position": positions.to(where)},
             )
         return cache
 
@@ -284,7 +285,8 @@ class PromptedLM:
             enabled=self.head_autocast and self.autocast_dtype is not None,
         )
         with autocast:
-            return self.handle.adapter.logits(self.handle.model, hidden).float()
+            # .to(): with a device_map the head may sit on another device than the inputs
+            return self.handle.adapter.logits(self.handle.model, hidden).float().to(self.device)
 
     def full_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits at every input position (B, T, V). For tests and small inputs only."""

@@ -138,6 +138,8 @@ class RunConfig(ConfigBase):
     baseline: bool = True  # also evaluate the untrained prompt on test
     precision: Precision = "auto"  # "auto" (bf16 where native, else fp32), "fp32" or "bf16"
     device: str | None = None
+    # "auto": spread a backbone larger than one GPU over the GPUs (accelerate); see load_model
+    device_map: str | None = None
     attn_implementation: str = "eager"
 
     def __post_init__(self) -> None:
@@ -261,7 +263,10 @@ def train_run(
     replace = overwrite or resuming
     check_prompt_target(out, overwrite=replace)
     handle = handle or load_model(
-        cfg.model, device=cfg.device, attn_implementation=cfg.attn_implementation
+        cfg.model,
+        device=cfg.device,
+        attn_implementation=cfg.attn_implementation,
+        device_map=cfg.device_map,
     )
     task = get_task(cfg.task, cfg.lang)
     formatter = TaskFormatter(handle.tokenizer, task, cfg.format)

@@ -216,7 +216,10 @@ def transfer_run(
     """
     check_prompt_target(out, overwrite=overwrite or has_checkpoint(checkpoint_dir_for(out)))
     handle = handle or load_model(
-        cfg.model, device=cfg.device, attn_implementation=cfg.attn_implementation
+        cfg.model,
+        device=cfg.device,
+        attn_implementation=cfg.attn_implementation,
+        device_map=cfg.device_map,
     )
     source = load_prompt(source_dir, handle)
     meta = source.meta

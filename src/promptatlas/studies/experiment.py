@@ -90,6 +90,7 @@ class ExperimentConfig(ConfigBase):
     dev_limit: int | None = 200
     test_limit: int | None = None
     device: str | None = None
+    device_map: str | None = None  # "auto": a backbone larger than one GPU, over the GPUs
     skip: tuple[str, ...] = ()  # "task-lang" pairs to leave out
     # "auto": bf16 autocast where the hardware has native bf16, else fp32
     precision: Precision = "auto"
@@ -161,6 +162,7 @@ class ExperimentConfig(ConfigBase):
             dev_limit=self.dev_limit,
             test_limit=self.test_limit,
             device=self.device,
+            device_map=self.device_map,
             precision=self.precision,
         )
 
@@ -169,6 +171,7 @@ class ExperimentConfig(ConfigBase):
         aside, which only decides where it runs)."""
         data = self.run_config(task, lang, method, seed).to_dict()
         data.pop("device", None)
+        data.pop("device_map", None)  # where it runs, not what it computes
         fingerprint = task_fingerprint(task, lang, self.data_dir)  # a user task's file and data
         if fingerprint is not None:
             data["task_fingerprint"] = fingerprint
@@ -379,7 +382,7 @@ def run_experiment(
             + (f" ({changed} with changed settings)" if changed else "")
         )
         if handle is None and todo:
-            handle = load_model(exp.model, device=exp.device)
+            handle = load_model(exp.model, device=exp.device, device_map=exp.device_map)
         for n, cell in enumerate(todo, 1):
             task, lang, method, seed = cell
             cfg = exp.run_config(*cell)

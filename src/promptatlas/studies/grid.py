@@ -855,7 +855,7 @@ class _Runner:
     def handle(self) -> ModelHandle:
         if self._handle is None:
             exp = self.grid.experiment
-            self._handle = load_model(exp.model, device=exp.device)
+            self._handle = load_model(exp.model, device=exp.device, device_map=exp.device_map)
         return self._handle
 
     def exists(self, cell: Cell) -> bool:
