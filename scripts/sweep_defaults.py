@@ -64,15 +64,11 @@ def run_one(
     from promptatlas.training import TrainConfig, train_prompt
 
     variant = get_task(task, lang)
-    if a.template:
-        import dataclasses
-
-        variant = dataclasses.replace(
-            variant,
-            template=a.template,
-            verbalizers={k: a.label_prefix + v for k, v in variant.verbalizers.items()},
-        )
-    fmt = TaskFormatter(handle.tokenizer, variant, FormatConfig(separator=a.separator))
+    fmt = TaskFormatter(
+        handle.tokenizer,
+        variant,
+        FormatConfig(separator=a.separator, template=a.template, target_prefix=a.label_prefix),
+    )
     train = load_split(task, lang, "train")
     dev = load_split(task, lang, "dev", limit=a.dev)
     label_ids = [i for ids in fmt.label_token_ids().values() for i in ids]
