@@ -112,3 +112,11 @@ def test_format_by_task_unknown_pair_is_named(tmp_path: Path) -> None:
             },
             tmp_path / "x.yaml",
         )
+
+
+def test_metric_name_is_the_tasks_own_when_values_coincide() -> None:
+    from promptatlas.studies.experiment import _metric_name
+
+    tied = {"score": 0.8733, "accuracy": 0.8733, "binary_f1": 0.8733}
+    assert _metric_name(tied, "accuracy") == "accuracy"
+    assert _metric_name({"score": 0.5, "macro_f1": 0.5, "accuracy": 0.6}) == "macro_f1"

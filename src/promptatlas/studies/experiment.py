@@ -53,6 +53,7 @@ from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
 from promptatlas.prompts import PromptConfig
 from promptatlas.report.html import write_html
 from promptatlas.runs.train import RunConfig, curve_path, dump_json, train_run
+from promptatlas.tasks import get_task
 from promptatlas.tasks.registry import task_fingerprint, task_name
 from promptatlas.training import TrainConfig
 
@@ -264,7 +265,7 @@ def _table_rows(exp: ExperimentConfig) -> list[dict[str, Any]]:
                 "lang": lang,
                 "method": method,
                 "seed": seed,
-                "metric": _metric_name(test),
+                "metric": _metric_name(test, get_task(task, lang).spec.metric),
                 "untrained": base.get("score"),
                 "trained": test.get("score"),
                 "gain": (test.get("score") - base.get("score"))
@@ -294,7 +295,11 @@ def _mean(values: list[Any]) -> float | None:
     return sum(numbers) / len(numbers) if numbers else None
 
 
-def _metric_name(metrics: Mapping[str, Any]) -> str:
+def _metric_name(metrics: Mapping[str, Any], declared: str | None = None) -> str:
+    """The name of the metric behind ``metrics["score"]``: the task's declared metric (SA's
+    accuracy can equal its binary F1 by chance), else the one whose value it is."""
+    if declared is not None and declared in metrics:
+        return declared
     for name in ("binary_f1", "macro_f1", "f1", "coverage", "accuracy"):
         if name in metrics and metrics.get("score") == metrics.get(name):
             return name
