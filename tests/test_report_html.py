@@ -286,3 +286,16 @@ def test_page_in_a_real_browser(results: Path, tmp_path: Path) -> None:
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     finally:
         driver.quit()
+
+
+def test_long_numbers_are_shortened_with_the_full_value_kept(tmp_path: Path) -> None:
+    root = tmp_path / "nums"
+    root.mkdir()
+    (root / "r.csv").write_text(
+        "name,score,n\nsa,0.8466666666666667,300\nnli,-3.6847785300766396,7\n"
+    )
+    text = write_html(root).read_text(encoding="utf-8")
+    assert '<td class="num" title="0.8466666666666667">0.8467</td>' in text
+    assert '<td class="num" title="-3.6847785300766396">-3.685</td>' in text
+    assert '<td class="num">300</td>' in text
+    assert '<div class="wide"><table>' in text  # wide tables scroll instead of wrapping

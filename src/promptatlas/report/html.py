@@ -153,11 +153,20 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, inline: bool
     head = "".join(f"<th>{fmt(h)}</th>" for h in header)
     body = []
     for row in rows:
-        cells = "".join(
-            f'<td class="num">{fmt(c)}</td>' if _numeric(c) else f"<td>{fmt(c)}</td>" for c in row
-        )
+        cells = "".join(_number_cell(c) if _numeric(c) else f"<td>{fmt(c)}</td>" for c in row)
         body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="wide">{table}</div>'
+
+
+def _number_cell(cell: str) -> str:
+    """A number as written, or to 4 significant digits when it is long (0.8466666666666667 →
+    0.8467); the full value stays in the cell's tooltip."""
+    text = cell.strip()
+    if len(text) > 8 and "." in text and not text.endswith("%"):
+        value = float(text.replace("−", "-"))
+        return f'<td class="num" title="{_e(text)}">{value:.4g}</td>'
+    return f'<td class="num">{_e(cell)}</td>'
 
 
 def _csv_html(path: Path, max_rows: int) -> tuple[str, int]:
@@ -327,6 +336,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;
 padding:0 1rem;color:#1d1d1f;line-height:1.45}
 h1{font-size:1.7rem}h2{border-bottom:1px solid #ccc;padding-bottom:.2rem;margin-top:2.5rem}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.85rem}
+.wide{overflow-x:auto;max-width:100%}.wide td{white-space:nowrap}
 th,td{border:1px solid #d0d0d0;padding:.2rem .5rem;text-align:left;vertical-align:top}
 th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tbody tr:nth-child(even){background:#fafafa}
