@@ -54,6 +54,7 @@ def test_pair_task_template_by_position(tiny_handles: dict[str, Any]) -> None:
         ("{txt}\nSentiment:", ["txt", "{text}"]),
         ("Sentiment:", ["no input slot"]),
         ("{text", ["not a valid template"]),
+        ("{text}\n{text}\nSentiment:", ["appear once"]),
     ],
 )
 def test_bad_template_names_the_problem(

@@ -25,6 +25,7 @@ import torch
 
 from promptatlas.configtools import ConfigBase, ConfigError
 from promptatlas.tasks import Example, TaskVariant
+from promptatlas.tasks.taskfile import check_template, template_fields
 
 __all__ = ["Batch", "EncodedExample", "FormatConfig", "TaskFormatter", "TextLMFormatter", "collate"]
 
@@ -46,19 +47,11 @@ class FormatConfig(ConfigBase):
         super().__post_init__()
         if self.max_length is not None and self.max_length < 8:
             raise ConfigError(f"max_length must be ≥ 8 tokens, got {self.max_length}")
-        if self.template is not None:
-            try:
-                names = [n for _, n, _, _ in string.Formatter().parse(self.template) if n]
-            except ValueError as exc:
-                raise ConfigError(
-                    f"format.template {self.template!r} is not a valid template ({exc}); "
-                    "write each input as {name}, e.g. '{text}\\nSentiment:'"
-                ) from None
-            if not names:
-                raise ConfigError(
-                    f"format.template {self.template!r} has no input slot; "
-                    "write each input as {name}, e.g. '{text}\\nSentiment:'"
-                )
+        if self.template is not None and not template_fields(self.template, "format.template"):
+            raise ConfigError(
+                f"format.template {self.template!r} has no input slot; "
+                "write each input as {name}, e.g. '{text}\\nSentiment:'"
+            )
 
 
 @dataclass(frozen=True)
@@ -189,20 +182,10 @@ class TaskFormatter:
 
 
 def _with_template(task: TaskVariant, template: str) -> TaskVariant:
-    """``task`` laid out by ``template``; every slot must name an input of the task (or be
-    ``input1``, ``input2``…) and every input must have a slot."""
-    names = list(task.inputs) or [f"input{i + 1}" for i in range(task.spec.n_inputs)]
-    slots = [n for _, n, _, _ in string.Formatter().parse(template) if n]
-    aliases = {f"input{i + 1}": n for i, n in enumerate(names)}
-    used = [aliases.get(s, s) for s in slots]
-    unknown = [s for s, u in zip(slots, used, strict=True) if u not in names]
-    missing = [n for n in names if n not in used]
-    if unknown or missing:
-        problem = f"names {unknown}, not inputs of" if unknown else f"leaves out {missing} of"
-        raise ConfigError(
-            f"format.template {template!r} {problem} task {task.name}; its inputs are "
-            + ", ".join("{" + n + "}" for n in names)
-        )
+    """``task`` laid out by ``template`` (checked against the task's inputs as a task file's
+    template is)."""
+    inputs = task.inputs or tuple(f"input{i + 1}" for i in range(task.spec.n_inputs))
+    check_template(template, inputs, f"format.template for task {task.name}")
     return dataclasses.replace(task, template=template)
 
 

@@ -473,10 +473,13 @@ def load_model(
             "that directory."
         ) from exc
     adapter = adapter_for(model)
+    info: dict[str, Any] = {}
     if device_map is None:
         model.to(dev)
     else:  # accelerate placed the modules; inputs enter where the embeddings are
         dev = model.get_input_embeddings().weight.device
+        placed = getattr(model, "hf_device_map", None) or {"": dev}  # one device: no map kept
+        info["device_map"] = {k: str(v) for k, v in placed.items()}
     model.eval()
     model.requires_grad_(False)
     if tokenizer.pad_token_id is None:
@@ -491,13 +494,5 @@ def load_model(
         device=dev,
         source=source,
         is_random=entry.is_random if entry else False,
-        info=(
-            {
-                "device_map": {
-                    k: str(v) for k, v in getattr(model, "hf_device_map", {"": dev}).items()
-                }
-            }
-            if device_map is not None
-            else {}
-        ),
+        info=info,
     )

@@ -137,8 +137,7 @@ class ExperimentConfig(ConfigBase):
     def run_config(self, task: str, lang: str, method: str, seed: int) -> RunConfig:
         train = {
             **self.train,
-            **self.train_by_task.get(task, {}),
-            **self.train_by_task.get(f"{task}-{lang}", {}),
+            **_for_pair(self.train_by_task, task, lang),
             **self.train_by_method.get(method, {}),
             "seed": seed,
         }
@@ -151,11 +150,7 @@ class ExperimentConfig(ConfigBase):
             eval=from_dict(EvalConfig, self.eval, path="eval"),
             format=from_dict(
                 FormatConfig,
-                {
-                    **self.format,
-                    **self.format_by_task.get(task, {}),
-                    **self.format_by_task.get(f"{task}-{lang}", {}),
-                },
+                {**self.format, **_for_pair(self.format_by_task, task, lang)},
                 path="format",
             ),
             data_dir=self.data_dir,
@@ -293,6 +288,12 @@ def _round(value: float | None) -> float | None:
 def _mean(values: list[Any]) -> float | None:
     numbers = [float(v) for v in values if v is not None]
     return sum(numbers) / len(numbers) if numbers else None
+
+
+def _for_pair(by_task: Mapping[str, Mapping[str, Any]], task: str, lang: str) -> dict[str, Any]:
+    """A ``*_by_task`` table's settings for one pair: the task's, then the task-lang pair's
+    over them."""
+    return {**by_task.get(task, {}), **by_task.get(f"{task}-{lang}", {})}
 
 
 def _metric_name(metrics: Mapping[str, Any], declared: str | None = None) -> str:

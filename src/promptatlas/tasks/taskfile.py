@@ -54,9 +54,11 @@ __all__ = [
     "LanguageSpec",
     "TaskDefinition",
     "TaskFileError",
+    "check_template",
     "definition_from_dict",
     "is_task_file",
     "read_task_file",
+    "template_fields",
 ]
 
 Metric = Literal["accuracy", "macro_f1", "binary_f1", "mcc", "squad", "coverage"]
@@ -287,7 +289,9 @@ def _check_yaml_bools(data: Mapping[str, Any]) -> None:
                 check(spec.get("label_words"), f"languages.{lang}.label_words")
 
 
-def _template_fields(template: str, path: str) -> list[str]:
+def template_fields(template: str, path: str) -> list[str]:
+    """The ``{name}`` slots of ``template``; a malformed template raises ``ConfigError``
+    naming ``path``."""
     try:
         return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
@@ -328,7 +332,7 @@ def _validate(d: TaskDefinition) -> None:
     for key in d.columns:
         _check_column_field(key, "columns")
     if d.template is not None:
-        _check_template(d.template, d.inputs, "template")
+        check_template(d.template, d.inputs, "template")
     for lang, spec in d.languages.items():
         where = f"languages.{lang}"
         if not _NAME.fullmatch(str(lang)):
@@ -338,7 +342,7 @@ def _validate(d: TaskDefinition) -> None:
         if spec.max_length is not None and spec.max_length < 8:
             raise ConfigError(f"{where}.max_length: must be ≥ 8 tokens, got {spec.max_length}")
         if spec.template is not None:
-            _check_template(spec.template, d.inputs, f"{where}.template")
+            check_template(spec.template, d.inputs, f"{where}.template")
         labels = d.labels_of(lang)
         if d.kind == "classification":
             _check_labels(d, lang, labels, where)
@@ -352,8 +356,10 @@ def _validate(d: TaskDefinition) -> None:
         _check_data(spec, where)
 
 
-def _check_template(template: str, inputs: tuple[str, ...], path: str) -> None:
-    names = _template_fields(template, path)
+def check_template(template: str, inputs: tuple[str, ...], path: str) -> None:
+    """Every slot of ``template`` names one of ``inputs`` (or ``input1``, ``input2``…), once,
+    and every input has a slot; else ``ConfigError`` naming ``path``."""
+    names = template_fields(template, path)
     allowed = set(inputs) | {f"input{i}" for i in range(1, len(inputs) + 1)}
     for name in names:
         if name not in allowed:
