@@ -121,3 +121,20 @@ def test_metric_name_is_the_tasks_own_when_values_coincide() -> None:
     tied = {"score": 0.8733, "accuracy": 0.8733, "binary_f1": 0.8733}
     assert _metric_name(tied, "accuracy") == "accuracy"
     assert _metric_name({"score": 0.5, "macro_f1": 0.5, "accuracy": 0.6}) == "macro_f1"
+
+
+def test_experiment_checks_a_template_against_the_task_before_any_model_loads(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError, match=r"\{review\} is not an input; use \{text\}"):
+        experiment_from_mapping(
+            {
+                "name": "x",
+                "model": "no-such-model",  # never loaded: the check comes first
+                "tasks": ["sa"],
+                "langs": ["en"],
+                "methods": {"v1": {"method": "v1"}},
+                "format_by_task": {"sa-en": {"template": "{review}\nSentiment:"}},
+            },
+            tmp_path / "x.yaml",
+        )

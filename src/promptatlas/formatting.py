@@ -27,7 +27,15 @@ from promptatlas.configtools import ConfigBase, ConfigError
 from promptatlas.tasks import Example, TaskVariant
 from promptatlas.tasks.taskfile import check_template, template_fields
 
-__all__ = ["Batch", "EncodedExample", "FormatConfig", "TaskFormatter", "TextLMFormatter", "collate"]
+__all__ = [
+    "Batch",
+    "EncodedExample",
+    "FormatConfig",
+    "TaskFormatter",
+    "TextLMFormatter",
+    "collate",
+    "with_template",
+]
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,7 @@ class TaskFormatter:
         self.tokenizer = tokenizer
         self.fmt = fmt or FormatConfig()
         if self.fmt.template is not None:
-            task = _with_template(task, self.fmt.template)
+            task = with_template(task, self.fmt.template)
         self.task = task
         self.max_length = self.fmt.max_length or task.max_length
         self.bos = (
@@ -181,7 +189,7 @@ class TaskFormatter:
         return self._label_ids
 
 
-def _with_template(task: TaskVariant, template: str) -> TaskVariant:
+def with_template(task: TaskVariant, template: str) -> TaskVariant:
     """``task`` laid out by ``template`` (checked against the task's inputs as a task file's
     template is)."""
     inputs = task.inputs or tuple(f"input{i + 1}" for i in range(task.spec.n_inputs))

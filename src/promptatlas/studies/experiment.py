@@ -47,7 +47,7 @@ from promptatlas.configtools import (
     from_dict,
 )
 from promptatlas.evaluation.evaluate import EvalConfig
-from promptatlas.formatting import FormatConfig
+from promptatlas.formatting import FormatConfig, with_template
 from promptatlas.io import write_text_atomic
 from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
 from promptatlas.prompts import PromptConfig
@@ -122,7 +122,9 @@ class ExperimentConfig(ConfigBase):
                     f"({', '.join(self.tasks)}) or task-lang pairs"
                 )
         for cell in self.cells():  # validate every run config up front, before any training
-            self.run_config(*cell)
+            fmt = self.run_config(*cell).format
+            if fmt.template is not None:  # its slots against the task's inputs
+                with_template(get_task(cell[0], cell[1]), fmt.template)
 
     def cells(self) -> list[tuple[str, str, str, int]]:
         return [
