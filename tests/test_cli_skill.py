@@ -14,7 +14,8 @@ import torch
 
 from promptatlas.cli import main
 from promptatlas.runs.neurons import parse_fractions, parse_layers
-from promptatlas.studies.skill import grid_transfer
+from promptatlas.runs.transfer import zero_shot
+from promptatlas.studies.skill import grid_transfer, zero_shot_pairs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 MODEL = "tiny-llama"  # a gated FFN (gate/up/down)
@@ -214,10 +215,12 @@ def test_indicators_correlate_each_indicator_with_transfer(
 ) -> None:
     _cells(bank, tmp_path / "grid" / "report")
     out = tmp_path / "ind"
-    argv = ["indicators", "--grid", str(tmp_path / "grid"), "--out", str(out),
-            "--train-limit", "16", "--dev-limit", "16", "--p", "0.05"]  # fmt: skip
+    argv = ["indicators", "--grid", str(tmp_path / "grid"), "--out", str(out), "--transfer",
+            "init", "--train-limit", "16", "--dev-limit", "16", "--p", "0.05"]  # fmt: skip
     assert main(argv) == 0
     data = json.loads((out / "indicators.json").read_text())
+    assert data["transfer_measure"] == "init"
+    assert data["transfer"]["v1/s1/nli-en>v1/s1/sa-en"] == pytest.approx(1.1)
     for name in ("cos_flat", "cos_tok", "on_all", "on_l0", "skill_overlap", "skill_corr"):
         assert name in data["correlations"], name
         assert data["correlations"][name]["n_pairs"] + data["correlations"][name]["skipped"] == 8
@@ -228,6 +231,55 @@ def test_indicators_correlate_each_indicator_with_transfer(
     assert (out / "scatter.png").read_bytes()[:8] == PNG
     _one_line(
         capsys, ["indicators", "--grid", str(tmp_path), "--out", str(out)], "report/cells.csv"
+    )
+
+
+def test_zero_shot_pairs_are_cross_task_within_a_language_and_cross_language_per_task() -> None:
+    nodes = ["v1/s1/sa-en", "v1/s1/nli-en", "v1/s1/sa-ko", "v1/s2/sa-en"]
+    assert zero_shot_pairs(nodes) == {
+        ("v1/s1/sa-en", "v1/s1/nli-en"): "cross_task",
+        ("v1/s1/nli-en", "v1/s1/sa-en"): "cross_task",
+        ("v1/s1/sa-en", "v1/s1/sa-ko"): "cross_language",
+        ("v1/s1/sa-ko", "v1/s1/sa-en"): "cross_language",
+    }  # nli-en × sa-ko share neither; another seed is another group
+
+
+def test_grid_transfer_zero_shot_needs_only_the_own_prompts(bank: Path, tmp_path: Path) -> None:
+    _cells(bank, tmp_path / "grid" / "report")
+    g = grid_transfer(tmp_path / "grid", measure="zero-shot")
+    assert g.transfer == {} and len(g.kinds) == 8 and len(g.prompts) == 4
+    with pytest.raises(ValueError, match="zero-shot, init"):
+        grid_transfer(tmp_path / "grid", measure="zeroshot")
+
+
+def test_indicators_measure_zero_shot_transfer_by_default(
+    bank: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _cells(bank, tmp_path / "grid" / "report")
+    out = tmp_path / "ind"
+    argv = ["indicators", "--grid", str(tmp_path / "grid"), "--out", str(out), "--test-limit",
+            "12", "--train-limit", "16", "--dev-limit", "16", "--p", "0.05"]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads((out / "indicators.json").read_text())
+    assert data["transfer_measure"] == "zero-shot"
+    assert len(data["transfer"]) == 8  # the cells' init values (1.1, 0.9, ...) are not used
+    # T(nli-en → sa-en) = the NLI prompt on SA-en's first 12 test examples / SA-en's own
+    src = zero_shot(bank / "nli-en", "sa", "en", limit=12)
+    own = zero_shot(bank / "sa-en", "sa", "en", limit=12, label_words="target")
+    key = "v1/s1/nli-en>v1/s1/sa-en"
+    assert data["zero_shot_scores"][key] == pytest.approx(src.score)
+    assert data["own_scores"]["v1/s1/sa-en"] == pytest.approx(own.score)
+    assert data["transfer"][key] == pytest.approx(src.score / own.score)
+    with open(out / "pairs.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and {r["kind"] for r in rows} == {"cross_task", "cross_language"}
+    assert all(float(r["transfer"]) == pytest.approx(float(r["score"]) / float(r["own"]))
+               for r in rows)  # fmt: skip
+    assert json.loads((out / "run.json").read_text())["config"]["test_limit"] == 12
+    _one_line(
+        capsys,
+        ["indicators", "--grid", str(tmp_path / "grid"), "--out", str(out), "--transfer", "x"],
+        "zero-shot, init",
     )
 
 

@@ -1548,8 +1548,11 @@ def _add_indicators(sub: Any) -> None:
         help="Spearman ρ of each transferability indicator with a grid's measured transfer",
         description="Embedding similarity, ON (per layer, per window of 3 layers, overall) and "
         "skill-neuron indicators between the own prompts of a finished `promptatlas grid` run, "
-        "correlated with the transfer it measured (transferred / own score): per target, mean ± "
-        "std, and pooled with its p-value. Writes indicators.csv/.png/.json, scatter.png, "
+        "correlated with measured transfer T(s→t): by default zero-shot (the source's prompt on "
+        "the target's test examples / the target's own prompt on them, every task pair of a "
+        "language and every task across languages; no transfer cell needed), or with "
+        "--transfer init the grid's transfer cells (transferred / own score): per target, mean "
+        "± std, and pooled with its p-value. Writes indicators.csv/.png/.json, scatter.png, "
         "pairs.csv and run.json.",
     )
     p.add_argument("--grid", required=True, help="the output folder of a finished grid")
@@ -1572,6 +1575,22 @@ def _add_indicators(sub: Any) -> None:
             default=None,
             help=f"per task (default {_study_default('grid_indicators', name)})",
         )
+    from promptatlas.studies.skill import TRANSFER_MEASURES
+
+    p.add_argument(
+        "--transfer",
+        default=None,
+        help=f"how T is measured ({' or '.join(TRANSFER_MEASURES)}): zero-shot evaluation of "
+        "every pair, or the grid's transfer cells "
+        f"(default {_study_default('grid_indicators', 'transfer')})",
+    )
+    p.add_argument(
+        "--test-limit",
+        type=int,
+        default=None,
+        help="test examples per target for zero-shot transfer "
+        f"(default {_study_default('grid_indicators', 'test_limit')})",
+    )
     p.add_argument("--data-dir", default=None, help="folder laid out like shared/data")
     p.add_argument("--device", default=None)
 
@@ -1717,18 +1736,27 @@ def _cmd_indicators(args: argparse.Namespace) -> int:
     from promptatlas.studies.skill import grid_indicators, grid_transfer
 
     check_output_path(args.out, kind="folder", what="results folder")
-    grid_transfer(args.grid)  # a folder that is not a finished grid fails before the model loads
+    given = _given(
+        p=args.p,
+        train_limit=args.train_limit,
+        dev_limit=args.dev_limit,
+        transfer=args.transfer,
+        test_limit=args.test_limit,
+    )
+    measure = given.get("transfer", _study_default("grid_indicators", "transfer"))
+    # a folder that is not a finished grid fails before the model loads
+    grid = grid_transfer(args.grid, measure=measure)
     handle = None
     if args.device:
         from promptatlas.bank import read_metadata
         from promptatlas.models import load_model
 
-        first = next(iter(grid_transfer(args.grid).prompts.values()))
+        first = next(iter(grid.prompts.values()))
         handle = load_model(read_metadata(first).model, device=args.device)
     grid_indicators(
         args.grid,
         args.out,
-        **_given(p=args.p, train_limit=args.train_limit, dev_limit=args.dev_limit),
+        **given,
         skill=not args.no_skill,
         data_dir=args.data_dir,
         handle=handle,

@@ -42,7 +42,7 @@ from promptatlas.evaluation.evaluate import (
     paired_gain,
     stored_examples,
 )
-from promptatlas.formatting import TaskFormatter
+from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.models import ModelHandle, load_model
 from promptatlas.prompts import PromptedLM, SoftPrompt
 from promptatlas.prompts.config import PromptConfigError
@@ -305,6 +305,7 @@ def zero_shot(
     eval_config: EvalConfig | None = None,
     handle: ModelHandle | None = None,
     db: ResultsDB | None = None,
+    fmt: FormatConfig | None = None,
 ) -> EvalResult:
     """Evaluate a stored task prompt on another task/language without training.
 
@@ -312,7 +313,9 @@ def zero_shot(
     (the target language's language prompt); "source" keeps the prompt as trained.
     label_words "source": classification uses the source task's label words when the label
     keys match (thesis §5.3.1: the model answers in the source language); otherwise, and for
-    "target", the target's own. ``result.extra`` records what was used.
+    "target", the target's own. ``fmt``: the input format (default: the source prompt's; give
+    the target's own when its inputs need another template or length). ``result.extra``
+    records what was used.
     """
     meta = read_metadata(prompt_dir)
     handle = handle or load_model(meta.model)
@@ -335,7 +338,7 @@ def zero_shot(
     target = get_task(task, lang)
     source = get_task(meta.task, meta.lang)
     variant = source_label_variant(source, target) if label_words == "source" else target
-    formatter = TaskFormatter(handle.tokenizer, variant, meta.run.format)
+    formatter = TaskFormatter(handle.tokenizer, variant, fmt or meta.run.format)
     examples = load_split(task, lang, split, data_dir=data_dir, limit=limit)  # type: ignore[arg-type]
     precision = meta.run.precision
     plm = PromptedLM(

@@ -14,6 +14,7 @@ suggestions for a new task (spec §B, docs/skill-neurons.md).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import time
@@ -61,12 +62,15 @@ from promptatlas.tasks import get_task, load_split
 __all__ = [
     "SKILL_INDICATORS",
     "SUGGEST_INDICATOR",
+    "TRANSFER_MEASURES",
     "GridIndicators",
     "best_indicator",
     "grid_indicators",
     "grid_transfer",
     "perturbation_matrix",
     "suggest_sources",
+    "zero_shot_pairs",
+    "zero_shot_transfer",
 ]
 
 Log = Callable[[str], Any]
@@ -86,14 +90,26 @@ def _quiet(_: str) -> None:
 # -- the grid's measured transfer -------------------------------------------------------------
 
 
+# How the transfer T(s→t) an indicator is correlated with is measured: "zero-shot" evaluates
+# the source's own prompt on the target's test split and divides by the target's own prompt on
+# the same examples (SPEC B4, Su et al.); "init" reads the grid's transfer cells (the source
+# segment as the initialisation of a prompt trained on the target).
+TRANSFER_MEASURES: tuple[str, ...] = ("zero-shot", "init")
+
+
 @dataclass
 class GridTransfer:
     """Transfer pairs of a grid: node = ``method/s<seed>/<task>-<lang>``; ``prompts`` the
-    own prompt directory of each node; ``transfer`` T(s→t) per (source node, target node)."""
+    own prompt directory of each node; ``transfer`` T(s→t) per (source node, target node)
+    (empty for ``zero-shot`` until :func:`zero_shot_transfer` measures it); ``kinds`` every
+    pair's kind; for zero-shot, ``scores`` the source prompt's score on the target and ``own``
+    each target's own score on the same examples."""
 
     prompts: dict[str, Path]
     transfer: dict[Pair, float]
     kinds: dict[Pair, str] = field(default_factory=dict)
+    scores: dict[Pair, float] = field(default_factory=dict)
+    own: dict[str, float] = field(default_factory=dict)
 
 
 def _float(text: str | None) -> float | None:
@@ -104,9 +120,40 @@ def _float(text: str | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def grid_transfer(grid_dir: str | Path) -> GridTransfer:
-    """The own prompts and the cross-task and cross-language transfer of a finished grid
-    (its ``report/cells.csv``, written by ``promptatlas grid``)."""
+def _node_parts(node: str) -> tuple[str, str, str]:
+    """``method/s<seed>/<task>-<lang>`` → (group ``method/s<seed>``, task, lang)."""
+    group, name = node.rsplit("/", 1)
+    task, lang = name.rsplit("-", 1)
+    return group, task, lang
+
+
+def zero_shot_pairs(nodes: Sequence[str]) -> dict[Pair, str]:
+    """The ordered pairs whose zero-shot transfer is measured, with their kind: within one
+    method and seed, every other task of the same language (``cross_task``) and the same task
+    in every other language (``cross_language``)."""
+    pairs: dict[Pair, str] = {}
+    for s in nodes:
+        gs, ts, ls = _node_parts(s)
+        for t in nodes:
+            gt, tt, lt = _node_parts(t)
+            if s == t or gs != gt:
+                continue
+            if ls == lt:
+                pairs[(s, t)] = "cross_task"
+            elif ts == tt:
+                pairs[(s, t)] = "cross_language"
+    return pairs
+
+
+def grid_transfer(grid_dir: str | Path, *, measure: str = "init") -> GridTransfer:
+    """The own prompts and the transfer pairs of a finished grid (its ``report/cells.csv``,
+    written by ``promptatlas grid``). ``measure`` "init": T from the grid's cross-task and
+    cross-language cells; "zero-shot": the pairs of :func:`zero_shot_pairs` over the grid's
+    own prompts, T left to :func:`zero_shot_transfer` (no transfer cell is needed)."""
+    if measure not in TRANSFER_MEASURES:
+        raise ValueError(
+            f"transfer measure must be one of {', '.join(TRANSFER_MEASURES)}, got {measure!r}"
+        )
     grid_dir = Path(grid_dir)
     cells = grid_dir / "report" / "cells.csv"
     if not cells.exists():
@@ -128,6 +175,14 @@ def grid_transfer(grid_dir: str | Path) -> GridTransfer:
     for r in rows:
         if r.get("kind") == "base" and r.get("prompt_dir"):
             prompts[node(r, r["task"], r["lang"])] = Path(r["prompt_dir"])
+    if measure == "zero-shot":
+        kinds = zero_shot_pairs(sorted(prompts))
+        if not kinds:
+            raise ValueError(
+                f"{cells} has no two own prompts of one method and seed that share a task or "
+                "a language; the grid needs at least two tasks or two languages"
+            )
+        return GridTransfer(prompts, {}, kinds)
     for r in rows:
         kind = r.get("kind")
         if kind == "task":
@@ -150,6 +205,62 @@ def grid_transfer(grid_dir: str | Path) -> GridTransfer:
             "to the end (or enable transfer.cross_task / cross_lang)"
         )
     return GridTransfer(prompts, transfer, kinds)
+
+
+def zero_shot_transfer(
+    grid: GridTransfer,
+    handle: ModelHandle,
+    *,
+    test_limit: int | None = 200,
+    label_words: str = "source",
+    data_dir: str | None = None,
+    log: Log = _quiet,
+) -> GridTransfer:
+    """Measure T(s→t) = score(P_s on t) / score(P_t on t) for every pair of ``grid.kinds``:
+    each prompt is evaluated as trained on the target's test split (its first ``test_limit``
+    examples, the target prompt's input format and evaluation settings); the own score is the
+    target's prompt on the same examples. ``label_words`` as in
+    :func:`promptatlas.runs.transfer.zero_shot` (the source's words where the label keys match,
+    i.e. the same task in another language). A pair whose own score is 0 gets no T."""
+    from promptatlas.runs.transfer import zero_shot
+
+    targets = sorted({t for _, t in grid.kinds})
+    metas = {n: read_metadata(grid.prompts[n]) for n in grid.prompts}
+    todo = len(targets) + len(grid.kinds)
+    done = 0
+    started = time.perf_counter()
+
+    def score(source: str, target: str) -> float:
+        nonlocal done
+        meta = metas[target]
+        assert meta.task is not None and meta.lang is not None
+        result = zero_shot(
+            grid.prompts[source],
+            meta.task,
+            meta.lang,
+            label_words="target" if source == target else label_words,  # type: ignore[arg-type]
+            limit=test_limit,
+            data_dir=data_dir,
+            eval_config=meta.run.eval,
+            handle=handle,
+            fmt=meta.run.format,
+        )
+        done += 1
+        rate = (time.perf_counter() - started) / done
+        log(
+            f"  zero-shot {source} on {target}: {100 * result.score:.1f} "
+            f"({done}/{todo}, ETA {rate * (todo - done):.0f}s)"
+        )
+        return result.score
+
+    own = {t: score(t, t) for t in targets}
+    scores: dict[Pair, float] = {}
+    transfer: dict[Pair, float] = {}
+    for s, t in sorted(grid.kinds):
+        scores[(s, t)] = score(s, t)
+        if own[t] > 0:
+            transfer[(s, t)] = scores[(s, t)] / own[t]
+    return dataclasses.replace(grid, transfer=transfer, scores=scores, own=own)
 
 
 # -- indicators of a grid ---------------------------------------------------------------------
@@ -203,18 +314,24 @@ def grid_indicators(
     skill: bool = True,
     train_limit: int = 128,
     dev_limit: int = 128,
+    transfer: str = "zero-shot",
+    test_limit: int | None = 200,
+    label_words: str = "source",
     data_dir: str | None = None,
     handle: ModelHandle | None = None,
     log: Log = _quiet,
 ) -> GridIndicators:
     """Indicators between the own prompts of a finished grid, correlated with its measured
-    transfer. Skill-neuron indicators (``skill``) read each classification task's
-    predictivity through its own prompt (``train_limit``/``dev_limit`` examples). Writes
-    ``indicators.csv`` (ρ per indicator), ``indicators.png`` (bar chart), ``scatter.png``,
-    ``pairs.csv`` (every indicator and T per pair), ``indicators.json`` and ``run.json``."""
+    transfer: ``transfer`` "zero-shot" measures T(s→t) = score(P_s on t) / score(P_t on t) on
+    ``test_limit`` test examples of each target (SPEC B4; :func:`zero_shot_transfer`), "init"
+    reads the grid's cross-task and cross-language cells. Skill-neuron indicators (``skill``)
+    read each classification task's predictivity through its own prompt
+    (``train_limit``/``dev_limit`` examples). Writes ``indicators.csv`` (ρ per indicator),
+    ``indicators.png`` (bar chart), ``scatter.png``, ``pairs.csv`` (every indicator and T per
+    pair), ``indicators.json`` and ``run.json``."""
     started = time.perf_counter()
-    grid = grid_transfer(grid_dir)
-    nodes = sorted({n for pair in grid.transfer for n in pair})
+    grid = grid_transfer(grid_dir, measure=transfer)
+    nodes = sorted({n for pair in grid.kinds for n in pair})
     missing = [n for n in nodes if n not in grid.prompts]
     if missing:
         raise ValueError(f"the grid's own prompts are missing for {missing}")
@@ -224,7 +341,13 @@ def grid_indicators(
         raise ValueError(f"the grid's prompts belong to several models {models}")
     handle = handle or load_model(models[0])
     prompts = {n: load_prompt(grid.prompts[n], handle).prompt.to(handle.device) for n in nodes}
-    log(f"{len(grid.transfer)} transfer pairs over {len(nodes)} prompts on {handle.name}")
+    log(f"{len(grid.kinds)} transfer pairs over {len(nodes)} prompts on {handle.name}")
+    if transfer == "zero-shot":
+        log(f"zero-shot transfer on {test_limit or 'all'} test examples per target")
+        grid = zero_shot_transfer(
+            grid, handle, test_limit=test_limit, label_words=label_words, data_dir=data_dir,
+            log=log,
+        )  # fmt: skip
     first = metas[nodes[0]]
     assert first.task is not None and first.lang is not None
     separator = TaskFormatter(handle.tokenizer, get_task(first.task, first.lang), first.run.format)
@@ -287,19 +410,24 @@ def grid_indicators(
     names = sorted(values)
     with open(out / "pairs.csv", "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["source", "target", "kind", "transfer", *names])
+        w.writerow(["source", "target", "kind", "transfer", "score", "own", *names])
         for pair, t in sorted(grid.transfer.items()):
             w.writerow(
                 [pair[0], pair[1], grid.kinds.get(pair, ""), t]
+                + [grid.scores.get(pair, ""), grid.own.get(pair[1], "")]
                 + [values[n].get(pair, "") for n in names]
             )
     write_json_atomic(
         out / "indicators.json",
         {
             "grid": str(grid_dir),
+            "transfer_measure": transfer,
             "ranking": ranking,
             "correlations": {k: c.to_dict() for k, c in correlations.items()},
             "transfer": {f"{s}>{t}": v for (s, t), v in grid.transfer.items()},
+            "kinds": {f"{s}>{t}": v for (s, t), v in grid.kinds.items()},
+            "zero_shot_scores": {f"{s}>{t}": v for (s, t), v in grid.scores.items()},
+            "own_scores": grid.own,
         },
     )
     write_json_atomic(
@@ -313,6 +441,9 @@ def grid_indicators(
                 "skill": skill,
                 "train_limit": train_limit,
                 "dev_limit": dev_limit,
+                "transfer": transfer,
+                "test_limit": test_limit,
+                "label_words": label_words,
                 "data_dir": data_dir,
             },
             "model": handle.name,
