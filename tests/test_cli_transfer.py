@@ -100,6 +100,56 @@ def test_project_across_tiny_models(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 0, err
 
 
+def test_project_by_distance_minimisation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts = {}
+    for model in ("tiny-gpt2", "tiny-gemma3"):
+        for task in ("sa", "nli"):
+            d = tmp_path / model / f"{task}-en"
+            code, _, err = _run(
+                capsys, "train", "--model", model, "--task", task, "--lang", "en", "--method",
+                "v1", "--length", "4", "--out", str(d), *SMALL,
+            )  # fmt: skip
+            assert code == 0, err
+            prompts[model, task] = d
+    out = tmp_path / "proj"
+    code, text, err = _run(
+        capsys, "project", "--from-model", "tiny-gpt2", "--to-model", "tiny-gemma3",
+        "--source-prompt", str(prompts["tiny-gpt2", "sa"]), "--objective", "distance",
+        "--fit", str(prompts["tiny-gpt2", "nli"]), "--target-bank", str(tmp_path / "tiny-gemma3"),
+        "--steps", "200", "--lr", "0.01", "--hidden", "32", "--test-limit", "6", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "distance minimisation over 2 task prompt pairs (sa-en, nli-en" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["projector_objective"] == "distance"
+    assert summary["projector_loss_last"] < 0.2 * summary["projector_loss_first"]
+    # the projected SA prompt lies near the target model's own SA prompt
+    from promptatlas.bank import load_prompt
+    from promptatlas.models import load_model
+
+    gemma = load_model("tiny-gemma3")
+    mine = load_prompt(prompts["tiny-gemma3", "sa"], gemma).prompt.tensor()
+    projected = load_prompt(out / "prompts" / "sa-en-v1", gemma).prompt.tensor()
+    gap = (projected - mine).pow(2).mean() / mine.pow(2).mean()
+    assert gap < 0.2, gap
+    # no target-model prompt of a fitted task: one line naming the task and the fix
+    code, _, err = _run(
+        capsys, "project", "--from-model", "tiny-gpt2", "--to-model", "tiny-gemma3",
+        "--source-prompt", str(prompts["tiny-gpt2", "sa"]), "--objective", "distance",
+        "--target-bank", str(tmp_path / "tiny-gpt2"), "--steps", "2", "--out",
+        str(tmp_path / "p2"),
+    )  # fmt: skip
+    assert code == 2 and "holds no v1 prompt of sa-en" in err and err.count("\n") == 1, err
+    code, _, err = _run(
+        capsys, "project", "--from-model", "tiny-gpt2", "--to-model", "tiny-gemma3",
+        "--source-prompt", str(prompts["tiny-gpt2", "sa"]), "--objective", "distance",
+        "--out", str(tmp_path / "p3"),
+    )  # fmt: skip
+    assert code == 2 and "needs target_bank" in err, err
+
+
 def test_runs_merge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from promptatlas.bank import ResultsDB
 

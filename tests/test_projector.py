@@ -30,6 +30,7 @@ from promptatlas.transfer.projector import (
     ProjectorError,
     ProjectorLoadError,
     PromptProjector,
+    fit_projector_distance,
     from_positions,
     load_projector,
     position_size,
@@ -477,3 +478,54 @@ def test_config_validation() -> None:
     assert ProjectorConfig.from_dict(ProjectorConfig(hidden=7).to_dict()) == ProjectorConfig(7)
     with pytest.raises(ProjectorError, match="kind"):
         PromptProjector(4, 4, kind="v3")  # type: ignore[arg-type]
+
+
+# -- distance minimisation (SPEC B5) -------------------------------------------------------
+
+
+def _target_prompts(handle: Any, kind: str, n: int, length: int = 4) -> list[SoftPrompt]:
+    out = []
+    for i in range(n):
+        prompt = SoftPrompt(
+            PromptConfig(length=length, init="uniform", init_range=0.3, **KINDS[kind]),
+            handle.geometry,
+        )
+        prompt.initialise(handle, generator=torch.Generator().manual_seed(100 + i))
+        out.append(prompt)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["v1", "v2-separate"])
+def test_distance_fit_brings_projections_to_the_target_prompts(handles: Any, kind: str) -> None:
+    src_h, tgt_h = handles["tiny-gpt2"], handles["wide"]
+    sources = [_source(src_h, kind, init_range=0.5 + 0.2 * i) for i in range(2)]
+    targets = _target_prompts(tgt_h, kind, 2)
+    pairs = list(zip(sources, targets, strict=True))
+    cfg = ProjectorConfig(hidden=64)
+    projector, history = fit_projector_distance(pairs, projector_config=cfg, steps=300, lr=1e-2)
+    assert len(history) == 300 and history[-1]["loss"] < 0.1 * history[0]["loss"]
+    for source, target in pairs:
+        mapped = project_prompt(projector, source, tgt_h.geometry)
+        fitted = torch.nn.functional.mse_loss(mapped.tensor(), target.tensor()).item()
+        before = torch.nn.functional.mse_loss(
+            project_prompt(_projector(source, tgt_h, hidden=64), source, tgt_h.geometry).tensor(),
+            target.tensor(),
+        ).item()
+        assert fitted < 0.1 * before
+    again, _ = fit_projector_distance(pairs, projector_config=cfg, steps=300, lr=1e-2)
+    for a, b in zip(projector.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # same pairs and seed ⇒ same projector bytes
+
+
+def test_distance_fit_refuses_pairs_that_do_not_match(handles: Any) -> None:
+    src_h, tgt_h = handles["tiny-gpt2"], handles["wide"]
+    with pytest.raises(ProjectorError, match="at least one"):
+        fit_projector_distance([])
+    v1 = _source(src_h, "v1")
+    with pytest.raises(ProjectorError, match="same length"):
+        fit_projector_distance([(v1, _target_prompts(tgt_h, "v1", 1, length=6)[0])])
+    with pytest.raises(ProjectorError, match="same method"):
+        fit_projector_distance([(v1, _target_prompts(tgt_h, "v2-shared", 1)[0])])
+    with pytest.raises(ProjectorError, match="differs from pair 0"):
+        other = _target_prompts(handles["tiny-llama"], "v1", 1)[0]  # another target width
+        fit_projector_distance([(v1, _target_prompts(tgt_h, "v1", 1)[0]), (v1, other)])

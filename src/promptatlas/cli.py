@@ -572,7 +572,9 @@ def _add_project(sub: Any) -> None:
         description="Cross-model transfer (Su et al. 2022): train a 2-layer tanh MLP mapping "
         "prompts of --from-model to --to-model with the task loss through the frozen target, "
         "then project other prompts (--apply) zero-shot and, with --init-steps, as an "
-        "initialisation.",
+        "initialisation. --objective distance fits the MLP instead to map each task prompt of "
+        "--from-model (--source-prompt and --fit) onto the same task's prompt of --to-model "
+        "in --target-bank (Su et al.'s distance minimisation; no model runs while it fits).",
     )
     p.add_argument("--from-model", required=True)
     p.add_argument("--to-model", required=True)
@@ -585,6 +587,20 @@ def _add_project(sub: Any) -> None:
     p.add_argument("--length", type=int, default=20, help="for --train-task")
     p.add_argument("--source-steps", type=int, default=100, help="for --train-task")
     p.add_argument("--apply", nargs="*", default=None, help="more prompts of --from-model")
+    p.add_argument(
+        "--objective",
+        default="task",
+        help="task (the task loss through --to-model) or distance (MSE to --to-model's "
+        "prompts of the same tasks) (default task)",
+    )
+    p.add_argument(
+        "--fit", nargs="*", default=None, help="distance: more --from-model prompts to fit on"
+    )
+    p.add_argument(
+        "--target-bank",
+        default=None,
+        help="distance: folder with --to-model prompts of the same tasks, languages and method",
+    )
     p.add_argument("--hidden", type=int, default=512, help="projector hidden size")
     p.add_argument("--steps", type=int, default=100, help="projector training steps")
     p.add_argument("--lr", type=float, default=1e-3, help="projector learning rate")
@@ -1015,6 +1031,9 @@ def _cmd_project(args: argparse.Namespace) -> int:
         test_limit=args.test_limit,
         precision=args.precision,
         device=args.device,
+        objective=args.objective,
+        fit=tuple(args.fit or ()),
+        target_bank=args.target_bank,
     )
     check_project_target(out, cfg_p, overwrite=args.overwrite)  # before any model loads
     source_handle = load_model(args.from_model, device=args.device)

@@ -18,20 +18,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from promptatlas.bank import PromptExistsError, ResultsDB, load_prompt, save_prompt
+from promptatlas.bank import PromptExistsError, ResultsDB, list_prompts, load_prompt, save_prompt
 from promptatlas.configtools import ConfigBase, ConfigError, Precision, from_dict
 from promptatlas.evaluation.evaluate import EvalConfig, evaluate
 from promptatlas.formatting import FormatConfig, TaskFormatter
 from promptatlas.models import ModelHandle, load_model
 from promptatlas.outputs import check_output_path
-from promptatlas.prompts import PromptedLM
+from promptatlas.prompts import PromptedLM, SoftPrompt
 from promptatlas.prompts.injection import autocast_dtype
 from promptatlas.runs.train import RunConfig, dump_json, train_run
 from promptatlas.tasks import get_task, load_split
@@ -39,12 +40,13 @@ from promptatlas.training import TrainConfig
 from promptatlas.transfer.projector import (
     PROJECTOR_METADATA_FILE,
     ProjectorConfig,
+    fit_projector_distance,
     project_prompt,
     save_projector,
     train_projector,
 )
 
-__all__ = ["ProjectConfig", "check_project_target", "project_across_models"]
+__all__ = ["ProjectConfig", "check_project_target", "distance_pairs", "project_across_models"]
 
 PROJECTOR_CHECKPOINT = ".projector.checkpoint"
 
@@ -58,6 +60,12 @@ class ProjectConfig(ConfigBase):
     train: optimisation of the projector (an MLP wants a far smaller rate than a prompt).
     init_steps / init_train: training of each projected prompt on the target (0 = zero-shot
         only); the same steps from a random initialisation are the baseline.
+    objective: "task" (default): the projector learns the task of ``source_prompt`` through
+        the frozen target model; "distance" (Su et al.'s "Distance Minimizing", SPEC B5): it
+        minimises MSE(Proj(P^A_t), P^B_t) over the tasks t of ``source_prompt`` and ``fit``,
+        whose target-model prompts (same task, language and method) are found in
+        ``target_bank``; no model runs while it fits (``train.steps`` full-batch steps at
+        ``train.lr``).
     """
 
     source_model: str
@@ -74,10 +82,25 @@ class ProjectConfig(ConfigBase):
     test_limit: int | None = 200
     precision: Precision = "auto"  # "auto" (bf16 where native, else fp32), "fp32" or "bf16"
     device: str | None = None
+    objective: Literal["task", "distance"] = "task"
+    fit: tuple[str, ...] = ()
+    target_bank: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "apply", tuple(str(p) for p in self.apply))
+        object.__setattr__(self, "fit", tuple(str(p) for p in self.fit))
+        if self.objective not in ("task", "distance"):
+            raise ConfigError(f"objective must be 'task' or 'distance', got {self.objective!r}")
+        if self.objective == "distance" and not self.target_bank:
+            raise ConfigError(
+                "objective 'distance' needs target_bank: a folder with prompts of the target "
+                "model for the same tasks as source_prompt and fit"
+            )
+        if self.objective == "distance" and (self.train.steps is None or self.train.lr is None):
+            raise ConfigError("objective 'distance' needs train.steps and train.lr")
+        if self.objective == "task" and (self.fit or self.target_bank):
+            raise ConfigError("fit and target_bank apply to objective 'distance' only")
         if isinstance(self.projector, Mapping):
             object.__setattr__(self, "projector", ProjectorConfig.from_dict(self.projector))
         object.__setattr__(self, "train", from_dict(TrainConfig, self.train, path="train"))
@@ -87,6 +110,7 @@ class ProjectConfig(ConfigBase):
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["apply"] = list(self.apply)
+        out["fit"] = list(self.fit)
         return out
 
 
@@ -147,21 +171,39 @@ def project_across_models(
     variant = get_task(meta.task, meta.lang)
     formatter = TaskFormatter(target_handle.tokenizer, variant, fmt)
     train = load_split(meta.task, meta.lang, "train", limit=cfg.train_limit)
-    log(
-        f"projector {cfg.source_model} → {cfg.target_model} on {variant.name} "
-        f"({stored.prompt.method}, {cfg.train.steps} steps)"
-    )
-    projector, result = train_projector(
-        stored.prompt,
-        target_handle,
-        formatter,
-        train,
-        cfg.train,
-        projector_config=cfg.projector,
-        autocast_dtype=autocast,
-        progress=progress,
-        checkpoint_dir=out / PROJECTOR_CHECKPOINT,
-    )
+    if cfg.objective == "distance":
+        pairs = distance_pairs(cfg, source_handle, target_handle)
+        log(
+            f"projector {cfg.source_model} → {cfg.target_model} by distance minimisation over "
+            f"{len(pairs)} task prompt pairs ({', '.join(pairs)}; {cfg.train.steps} steps)"
+        )
+        started = time.perf_counter()
+        projector, history = fit_projector_distance(
+            list(pairs.values()),
+            projector_config=cfg.projector,
+            steps=int(cfg.train.steps or 0),
+            lr=float(cfg.train.lr or 0.0),
+            seed=cfg.train.seed,
+        )
+        projector = projector.to(target_handle.device)
+        seconds = time.perf_counter() - started
+    else:
+        log(
+            f"projector {cfg.source_model} → {cfg.target_model} on {variant.name} "
+            f"({stored.prompt.method}, {cfg.train.steps} steps)"
+        )
+        projector, result = train_projector(
+            stored.prompt,
+            target_handle,
+            formatter,
+            train,
+            cfg.train,
+            projector_config=cfg.projector,
+            autocast_dtype=autocast,
+            progress=progress,
+            checkpoint_dir=out / PROJECTOR_CHECKPOINT,
+        )
+        history, seconds = result.history, result.seconds
     save_projector(
         out / "projector",
         projector,
@@ -172,8 +214,8 @@ def project_across_models(
         prompt_config=stored.prompt.config,
         extra={
             "config": cfg.to_dict(),
-            "history": result.history,
-            "train_seconds": result.seconds,
+            "history": history,
+            "train_seconds": seconds,
         },
     )
     rows: list[dict[str, Any]] = []
@@ -196,13 +238,53 @@ def project_across_models(
         "source_model": source_handle.name,
         "target_model": target_handle.name,
         "projector_task": variant.name,
-        "projector_loss_first": result.history[0]["loss"] if result.history else None,
-        "projector_loss_last": result.history[-1]["loss"] if result.history else None,
-        "projector_seconds": result.seconds,
+        "projector_objective": cfg.objective,
+        "projector_loss_first": history[0]["loss"] if history else None,
+        "projector_loss_last": history[-1]["loss"] if history else None,
+        "projector_seconds": seconds,
         "rows": rows,
     }
     dump_json(out / "summary.json", summary)
     return summary
+
+
+def distance_pairs(
+    cfg: ProjectConfig, source_handle: ModelHandle, target_handle: ModelHandle
+) -> dict[str, tuple[SoftPrompt, SoftPrompt]]:
+    """The (source-model prompt, target-model prompt) pairs a distance-minimising projector
+    fits: for ``source_prompt`` and each ``fit`` prompt, the prompt in ``target_bank`` trained
+    on the target model for the same task, language and method (the first by path if there
+    are several). Keyed ``task-lang``."""
+    assert cfg.target_bank is not None
+    bank = [
+        (d, m)
+        for d, m in list_prompts(cfg.target_bank)
+        if m.task is not None and m.model_fingerprint == target_handle.fingerprint
+    ]
+    pairs: dict[str, tuple[SoftPrompt, SoftPrompt]] = {}
+    for directory in (cfg.source_prompt, *cfg.fit):
+        stored = load_prompt(directory, source_handle)
+        meta = stored.meta
+        if meta.task is None or meta.lang is None:
+            raise ValueError(f"{directory} is a language prompt; give task prompts to fit")
+        method = stored.prompt.method
+        match = [
+            d
+            for d, m in bank
+            if (m.task, m.lang, m.prompt_config.method) == (meta.task, meta.lang, method)
+        ]
+        if not match:
+            raise ValueError(
+                f"{cfg.target_bank} holds no {method} prompt of {meta.task}-{meta.lang} trained "
+                f"on {target_handle.name}; train one there (promptatlas train --model "
+                f"{cfg.target_model} --task {meta.task} --lang {meta.lang} --method {method}) "
+                "or drop that prompt from the fit"
+            )
+        key = f"{meta.task}-{meta.lang}"
+        if key in pairs:
+            raise ValueError(f"two fit prompts are of {key}; give one prompt per task")
+        pairs[key] = (stored.prompt, load_prompt(match[0], target_handle).prompt)
+    return pairs
 
 
 def _pct(value: float | None) -> str:

@@ -58,6 +58,7 @@ __all__ = [
     "ProjectorLoadError",
     "PromptKind",
     "PromptProjector",
+    "fit_projector_distance",
     "from_positions",
     "load_projector",
     "position_size",
@@ -556,6 +557,81 @@ def train_projector(
     finally:
         projector.eval()
     return projector, result
+
+
+def fit_projector_distance(
+    pairs: Sequence[tuple[SoftPrompt, SoftPrompt]],
+    *,
+    projector_config: ProjectorConfig | None = None,
+    steps: int = 500,
+    lr: float = 1e-3,
+    seed: int = 0,
+    target_layers: Sequence[int] | None = None,
+) -> tuple[PromptProjector, list[dict[str, float]]]:
+    """Fit a projector by distance minimisation (Su et al. 2022, "Distance Minimizing"; SPEC
+    B5): minimise MSE(Proj(P^A_t), P^B_t) over tasks t with a prompt on both models.
+
+    ``pairs``: (source-model prompt, target-model prompt of the same task), of one kind and
+    length; position i of one maps to position i of the other. No model runs: all positions of
+    all pairs form one full batch, fitted for ``steps`` AdamW steps at ``lr`` (weights drawn
+    from ``seed``; same inputs ⇒ same projector bytes). Returns the projector (eval mode, on
+    the CPU) and the loss per step (``history``: ``{"step", "loss"}``)."""
+    if not pairs:
+        raise ProjectorError(
+            "distance minimisation needs at least one (source prompt, target prompt) pair of "
+            "the same task"
+        )
+    if steps < 1 or not lr > 0:
+        raise ProjectorError(f"steps must be ≥ 1 and lr > 0, got steps={steps}, lr={lr}")
+    xs, ys = [], []
+    kind = n_in = n_out = None
+    for i, (source, target) in enumerate(pairs):
+        src_cfg = _live_config(source)
+        tgt_cfg = _live_config(target)
+        want = target_prompt_config(src_cfg, target_layers)
+        if prompt_kind(tgt_cfg) != prompt_kind(src_cfg):
+            raise ProjectorError(
+                f"pair {i}: a {prompt_kind(src_cfg)} source prompt cannot be fitted to a "
+                f"{prompt_kind(tgt_cfg)} target prompt; pair prompts of the same method"
+            )
+        if tgt_cfg.length != src_cfg.length:
+            raise ProjectorError(
+                f"pair {i}: the source prompt has {src_cfg.length} positions and the "
+                f"target prompt {tgt_cfg.length}; distance minimisation maps position to "
+                "position, so pair prompts of the same length"
+            )
+        if tgt_cfg.layers != want.layers:
+            raise ProjectorError(
+                f"pair {i}: the target prompt uses layers {tgt_cfg.layers}, the projection "
+                f"{want.layers}; give target_layers= as the target prompts were trained"
+            )
+        x = to_positions(source.tensor().detach().float().cpu(), src_cfg)
+        y = to_positions(target.tensor().detach().float().cpu(), tgt_cfg)
+        if kind is None:
+            kind, n_in, n_out = prompt_kind(src_cfg), x.shape[1], y.shape[1]
+        elif (prompt_kind(src_cfg), x.shape[1], y.shape[1]) != (kind, n_in, n_out):
+            raise ProjectorError(
+                f"pair {i} differs from pair 0 in kind or size; every pair needs the same "
+                "source model, target model and prompt method"
+            )
+        xs.append(x)
+        ys.append(y)
+    assert kind is not None and n_in is not None and n_out is not None
+    x_all, y_all = torch.cat(xs), torch.cat(ys)
+    generator = torch.Generator().manual_seed(seed)
+    projector = PromptProjector(n_in, n_out, projector_config, kind=kind, generator=generator)
+    optimiser = torch.optim.AdamW(projector.parameters(), lr=lr, weight_decay=0.0)
+    history: list[dict[str, float]] = []
+    projector.train()
+    for step in range(1, steps + 1):
+        optimiser.zero_grad(set_to_none=True)
+        pred = projector(x_all, dropout=projector.config.dropout > 0, generator=generator)
+        loss = F.mse_loss(pred, y_all)
+        loss.backward()
+        optimiser.step()
+        history.append({"step": float(step), "loss": float(loss.detach())})
+    projector.eval()
+    return projector, history
 
 
 def project_prompt(
