@@ -174,6 +174,42 @@ def test_neuron_errors_are_one_line(
     )
 
 
+def test_lora_counterpart_of_a_prompt_for_perturb_and_find(
+    bank: Path, found: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lora = tmp_path / "lora"
+    argv = ["neurons", "lora", "--prompt", str(bank / "sa-en"), "--out", str(lora), "--steps",
+            "20", "--lr", "0.01", "--eval-every", "10", "--r", "2", "--train-limit", "16",
+            "--test-limit", "8", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    rec = json.loads((lora / "lora.json").read_text())
+    assert rec["task"] == "sa" and rec["lang"] == "en" and rec["model"] == MODEL
+    assert rec["lora"]["r"] == 2 and rec["train"]["steps"] == 20 and rec["lr"] == 0.01
+    assert all(t.rsplit(".", 1)[1] in ("q_proj", "k_proj", "v_proj", "o_proj")
+               for t in rec["targets"])  # fmt: skip
+    assert rec["untuned"]["n"] == 8 and rec["test"]["n"] == 8 and "gain" in rec["test"]
+    assert rec["best_step"] in (10, 20)
+    assert (lora / "lora.safetensors").stat().st_size > 0
+    # the LoRA folder stands in for a prompt: perturb the SA-en prompt's skill neurons in it
+    out = tmp_path / "perturb"
+    argv = ["neurons", "perturb", "--prompt", str(lora), "--skill", str(found["sa-en"]),
+            "--top", "0.1", "--random-seeds", "2", "--test-limit", "8", "--out", str(out),
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["prompt"]["method"] == "lora" and run["prompt"]["task"] == "sa"
+    data = json.loads((out / "perturbation.json").read_text())
+    # unperturbed = the tuned model's own test score (no prompt), on the same 8 examples
+    assert data["results"][0]["baseline"]["value"] == pytest.approx(rec["test"]["score"])
+    assert main(["neurons", "find", "--prompt", str(lora), "--out", str(tmp_path / "f"),
+                 "--train-limit", "16", "--dev-limit", "16", "--quiet"]) == 0  # fmt: skip
+    _one_line(
+        capsys,
+        ["neurons", "lora", "--prompt", str(lora), "--out", str(tmp_path / "x"), "--steps", "1"],
+        "is a LoRA folder",
+    )
+
+
 def _cells(bank: Path, path: Path) -> Path:
     """A grid's cells table (the columns `promptatlas grid` writes) over the tiny bank."""
     fields = ["kind", "method", "seed", "source_task", "source_lang", "task", "lang", "score",

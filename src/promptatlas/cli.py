@@ -1385,7 +1385,7 @@ def _add_neurons(sub: Any) -> None:
 
     p = sub.add_parser(
         "neurons",
-        help="skill neurons of a stored prompt: find, perturb, prune, overlap",
+        help="skill neurons of a stored prompt: find, perturb, prune, overlap, matrix, lora",
         description="Skill neurons (Wang et al. 2022) of a stored task prompt: the FFN neurons "
         "whose activation at the decoding token predicts the label. `find` scores every "
         "neuron, `perturb` and `prune` test what the top ones do, `overlap` compares tasks or "
@@ -1401,7 +1401,11 @@ def _add_neurons(sub: Any) -> None:
         "perturb/prune/overlap), by_layer.csv/.png, skill_<p>pct.csv/.json, best_neuron.png and "
         "run.json into --out.",
     )
-    f.add_argument("--prompt", required=True, help="a task prompt directory (its model and task)")
+    f.add_argument(
+        "--prompt",
+        required=True,
+        help="a task prompt directory (its model and task), or a `neurons lora` folder",
+    )
     f.add_argument("--out", required=True, help="output folder")
     f.add_argument(
         "--state",
@@ -1450,7 +1454,11 @@ def _add_neurons(sub: Any) -> None:
         "neurons (disjoint, several seeds: mean ± std) and of the least predictive neurons. "
         "Writes perturbation.csv/.png/.json and run.json into --out.",
     )
-    q.add_argument("--prompt", required=True, help="the prompt to evaluate (a task prompt)")
+    q.add_argument(
+        "--prompt",
+        required=True,
+        help="the prompt to evaluate (a task prompt), or a `neurons lora` folder",
+    )
     q.add_argument("--skill", required=True, help="a `neurons find` output folder")
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument(
@@ -1552,7 +1560,51 @@ def _add_neurons(sub: Any) -> None:
     )
     m.add_argument("--test-limit", type=int, default=None, help="test examples (default: all)")
     m.add_argument("--data-dir", default=None, help="folder laid out like shared/data")
-    for a in (f, q, r, m):
+
+    lo = nsub.add_parser(
+        "lora",
+        help="tune LoRA on the attention for a prompt's task (for perturb/find/prune)",
+        description="The fine-tuned counterpart of a prompt: PEFT LoRA adapters on every "
+        "attention projection, tuned on the task of --prompt with its model, input format and "
+        "evaluation settings (the prompt itself is not used), the FFN untouched. Writes "
+        "lora.safetensors, lora.json (untuned and tuned test scores, paired gain) and "
+        "run.json. Give the folder as --prompt to `neurons perturb` (or find, prune) to test "
+        "whether the prompt's skill neurons matter in the tuned model too.",
+    )
+    lo.add_argument("--prompt", required=True, help="a task prompt directory (task, model, format)")
+    lo.add_argument("--out", required=True, help="output folder")
+    cfg_default = _skill_default("LoRARunConfig", "train")
+    lo.add_argument(
+        "--steps", type=int, default=None, help=f"training steps (default {cfg_default.steps})"
+    )
+    lo.add_argument("--lr", type=float, default=None, help=f"default {cfg_default.lr:g}")
+    lo.add_argument(
+        "--batch-size", type=int, default=None, help=f"default {cfg_default.batch_size}"
+    )
+    lo.add_argument(
+        "--eval-every",
+        type=int,
+        default=None,
+        help=f"dev checks, the best kept (default {cfg_default.eval_every})",
+    )
+    lora_default = _skill_default("LoRARunConfig", "lora")
+    lo.add_argument("--r", type=int, default=None, help=f"rank (default {lora_default.r})")
+    lo.add_argument(
+        "--alpha",
+        type=int,
+        default=None,
+        help=f"scale numerator (default {lora_default.alpha})",
+    )
+    lo.add_argument("--seed", type=int, default=None, help=f"default {cfg_default.seed}")
+    lo.add_argument("--train-limit", type=int, default=None, help="training examples (all)")
+    lo.add_argument(
+        "--test-limit",
+        type=int,
+        default=None,
+        help=f"test examples (default {_skill_default('LoRARunConfig', 'test_limit')})",
+    )
+    lo.add_argument("--data-dir", default=None, help="folder laid out like shared/data")
+    for a in (f, q, r, m, lo):
         _add_precision(a)
         a.add_argument(
             "--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if present)"
@@ -1702,7 +1754,38 @@ def _cmd_neurons(args: argparse.Namespace) -> int:
         )
         print(f"tables and figures in {args.out}")
         return 0
-    if args.neurons_command == "find":
+    if args.neurons_command == "lora":
+        import dataclasses
+
+        base = runs.LoRARunConfig()
+        train = dataclasses.replace(
+            base.train,
+            **_given(
+                steps=args.steps,
+                lr=args.lr,
+                batch_size=args.batch_size,
+                eval_every=args.eval_every,
+                seed=args.seed,
+            ),
+        )
+        lora = dataclasses.replace(base.lora, **_given(r=args.r, alpha=args.alpha))
+        cfg = _neurons_config(
+            runs.LoRARunConfig,
+            args,
+            lora=lora,
+            train=train,
+            train_limit=args.train_limit,
+            test_limit=args.test_limit,
+            data_dir=args.data_dir,
+        )
+        handle = None
+        if args.device:
+            from promptatlas.bank import read_metadata
+            from promptatlas.models import load_model
+
+            handle = load_model(read_metadata(args.prompt).model, device=args.device)
+        runs.lora_run(args.prompt, args.out, cfg, handle=handle, progress=not args.quiet, log=log)
+    elif args.neurons_command == "find":
         cfg = _neurons_config(
             runs.FindConfig,
             args,

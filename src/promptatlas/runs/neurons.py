@@ -50,10 +50,10 @@ from promptatlas.analysis.skill import (
 from promptatlas.analysis.skill.states import read_neurons
 from promptatlas.bank import PromptMetadata, load_prompt, read_metadata
 from promptatlas.bank.store import versions
-from promptatlas.configtools import ConfigBase, Precision
+from promptatlas.configtools import ConfigBase, Precision, from_dict
 from promptatlas.evaluation.evaluate import EvalConfig, EvalResult, evaluate, paired_gain
-from promptatlas.formatting import TaskFormatter
-from promptatlas.io import write_json_atomic
+from promptatlas.formatting import FormatConfig, TaskFormatter
+from promptatlas.io import write_bytes_atomic, write_json_atomic
 from promptatlas.models import ModelHandle, load_model
 from promptatlas.models.precision import hardware_info, resolve_precision
 from promptatlas.prompts import PromptedLM, SoftPrompt
@@ -68,15 +68,26 @@ from promptatlas.report.skill import (
     write_skill_report,
 )
 from promptatlas.tasks import Example, get_task, load_split
+from promptatlas.training import TrainConfig
+from promptatlas.training.lora import (
+    LORA_LR,
+    LoRAConfig,
+    apply_lora,
+    load_lora_state,
+    lora_state,
+    train_lora,
+)
 
 __all__ = [
     "FindConfig",
+    "LoRARunConfig",
     "NeuronSource",
     "PerturbConfig",
     "PruneConfig",
     "find_neurons",
     "load_skill",
     "load_source",
+    "lora_run",
     "overlap_run",
     "parse_fractions",
     "parse_layers",
@@ -249,28 +260,46 @@ def parse_layers(text: str, n_layers: int | None = None) -> tuple[int, ...]:
 
 @dataclass
 class NeuronSource:
-    """A stored task prompt ready for neuron runs: model, prompt, formatter, metadata."""
+    """A stored task prompt ready for neuron runs: model, prompt, formatter, metadata. Or a
+    LoRA-tuned model (a folder written by :func:`lora_run`): ``prompt`` and ``meta`` None, the
+    model carrying the adapters, ``lora`` its record (``lora.json``)."""
 
     path: Path
     handle: ModelHandle
-    prompt: SoftPrompt
-    meta: PromptMetadata
+    prompt: SoftPrompt | None
+    meta: PromptMetadata | None
     formatter: TaskFormatter
     autocast: torch.dtype | None
     precision: str
+    lora: dict[str, Any] | None = None
+
+    @property
+    def task(self) -> str:
+        task = self.meta.task if self.meta is not None else (self.lora or {}).get("task")
+        assert task is not None
+        return str(task)
+
+    @property
+    def lang(self) -> str:
+        lang = self.meta.lang if self.meta is not None else (self.lora or {}).get("lang")
+        assert lang is not None
+        return str(lang)
 
     @property
     def name(self) -> str:
-        return f"{self.meta.task}-{self.meta.lang}"
+        return f"{self.task}-{self.lang}"
+
+    @property
+    def method(self) -> str:
+        return "lora" if self.prompt is None else self.prompt.method
 
     def plm(self, handle: ModelHandle | None = None) -> PromptedLM:
         return PromptedLM(handle or self.handle, self.prompt, autocast_dtype=self.autocast)
 
     def split(self, split: str, limit: int | None, data_dir: str | None = None) -> list[Example]:
-        assert self.meta.task is not None and self.meta.lang is not None
         examples = load_split(
-            self.meta.task,
-            self.meta.lang,
+            self.task,
+            self.lang,
             split,  # type: ignore[arg-type]
             data_dir=data_dir,
             limit=limit,
@@ -281,15 +310,29 @@ class NeuronSource:
 
     @property
     def eval_config(self) -> EvalConfig:
-        return self.meta.run.eval
+        if self.meta is not None:
+            return self.meta.run.eval
+        return EvalConfig.from_dict((self.lora or {}).get("eval", {}))
 
     def info(self) -> dict[str, Any]:
+        if self.meta is None:
+            lora = self.lora or {}
+            return {
+                "path": str(self.path),
+                "task": self.task,
+                "lang": self.lang,
+                "method": "lora",
+                "seed": lora.get("train", {}).get("seed"),
+                "model": lora.get("model"),
+                "model_fingerprint": lora.get("model_fingerprint"),
+                "stored_test": lora.get("test", {}),
+            }
         test = self.meta.metrics.get("test", {}) if isinstance(self.meta.metrics, dict) else {}
         return {
             "path": str(self.path),
             "task": self.meta.task,
             "lang": self.meta.lang,
-            "method": self.prompt.method,
+            "method": self.method,
             "seed": self.meta.seed,
             "model": self.meta.model,
             "model_fingerprint": self.meta.model_fingerprint,
@@ -305,8 +348,11 @@ def load_source(
     precision: str = "auto",
 ) -> NeuronSource:
     """A stored task prompt of a classification task, its model (loaded unless given) and
-    formatter. Language prompts and generation tasks fail before the model loads."""
+    formatter; or a LoRA folder written by :func:`lora_run` (its model with the adapters in
+    place, no prompt). Language prompts and generation tasks fail before the model loads."""
     path = Path(prompt_dir)
+    if (path / LORA_RECORD).exists():
+        return _load_lora_source(path, handle=handle, device=device, precision=precision)
     if not (path / "prompt.json").exists():
         raise FileNotFoundError(
             f"{path} is not a prompt directory (no prompt.json); give a folder written by "
@@ -411,7 +457,7 @@ def find_neurons(
     train = src.split("train", cfg.train_limit, cfg.data_dir)
     dev = src.split("dev", cfg.dev_limit, cfg.data_dir)
     log(
-        f"predictivity of {src.name} ({src.prompt.method}) on {src.handle.name}: "
+        f"predictivity of {src.name} ({src.method}) on {src.handle.name}: "
         f"{len(train)} train, {len(dev)} dev, state {cfg.state}, position {cfg.position}"
     )
     pred = neuron_predictivity(
@@ -524,6 +570,171 @@ def perturb_neurons_run(
             f"least {100 * row['least_drop']:.1f} (points)"
         )
     return curve
+
+
+# -- LoRA: the fine-tuned counterpart of a prompt ------------------------------------------------
+
+LORA_RECORD = "lora.json"
+LORA_TENSORS = "lora.safetensors"
+
+
+@dataclass(frozen=True)
+class LoRARunConfig(ConfigBase):
+    """LoRA on the attention projections for the task of a prompt, with that prompt's model,
+    input format and evaluation settings (the prompt itself is not used): ``train`` as for
+    prompts (rank objective for classification; lr :data:`~promptatlas.training.lora.LORA_LR`
+    unless given; the best of the dev checks kept), ``test_limit`` test examples scored for
+    the untuned and the tuned model."""
+
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=100, batch_size=8, lr=LORA_LR, eval_every=25, dev_limit=64, warmup=0.0
+        )
+    )
+    train_limit: int | None = None
+    dev_limit: int | None = 200
+    test_limit: int | None = 300
+    data_dir: str | None = None
+    precision: Precision = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "lora", from_dict(LoRAConfig, self.lora, path="lora"))
+        object.__setattr__(self, "train", from_dict(TrainConfig, self.train, path="train"))
+        _check_limits(self, ("train_limit", "dev_limit", "test_limit"))
+
+
+def lora_run(
+    prompt_dir: str | Path,
+    out: str | Path,
+    cfg: LoRARunConfig | None = None,
+    *,
+    handle: ModelHandle | None = None,
+    progress: bool = True,
+    log: Log = _quiet,
+) -> dict[str, Any]:
+    """Tune LoRA adapters for the task of ``prompt_dir`` (its model, format and evaluation
+    settings) and write ``out``: ``lora.safetensors`` (the adapters), ``lora.json`` (what the
+    neuron runs read: model, task, format, the untuned and tuned test scores with intervals
+    and the paired gain, the training history) and ``run.json``. ``out`` then works as the
+    ``prompt_dir`` of :func:`find_neurons`, :func:`perturb_neurons_run` and :func:`prune_run`.
+    The handle's model is left carrying the adapters."""
+    cfg = cfg or LoRARunConfig()
+    out = Path(out)
+    started = time.perf_counter()
+    src = load_source(prompt_dir, handle=handle, precision=cfg.precision)
+    if src.prompt is None:
+        raise ValueError(f"{prompt_dir} is a LoRA folder; give the prompt whose task to tune")
+    train = src.split("train", cfg.train_limit, cfg.data_dir)
+    dev = src.split("dev", cfg.dev_limit, cfg.data_dir)
+    test = src.split("test", cfg.test_limit, cfg.data_dir)
+    base = PromptedLM(src.handle, None, autocast_dtype=src.autocast)
+    with torch.no_grad():
+        untuned = evaluate(base, src.formatter, test, src.eval_config)
+    log(
+        f"LoRA (r={cfg.lora.r}, alpha={cfg.lora.alpha}) on the attention of {src.handle.name} "
+        f"for {src.name}: {len(train)} train, untuned test {100 * untuned.score:.1f}"
+    )
+    result = train_lora(
+        src.handle,
+        src.formatter,
+        train,
+        cfg.train,
+        cfg.lora,
+        dev=dev,
+        eval_config=src.eval_config,
+        autocast_dtype=src.autocast,
+        progress=progress,
+    )
+    with torch.no_grad():
+        tuned = evaluate(base, src.formatter, test, src.eval_config)
+    gain = paired_gain(tuned.examples, untuned.examples)
+    out.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save as save_tensors
+
+    write_bytes_atomic(out / LORA_TENSORS, save_tensors(lora_state(src.handle)))
+    record = {
+        "model": src.handle.name,
+        "model_fingerprint": src.handle.fingerprint,
+        "task": src.task,
+        "lang": src.lang,
+        "like_prompt": str(src.path),
+        "format": src.formatter.fmt.to_dict(),
+        "eval": src.eval_config.to_dict(),
+        "lora": cfg.lora.to_dict(),
+        "train": cfg.train.to_dict(),
+        "lr": result.lr,
+        "objective": result.objective,
+        "targets": result.targets,
+        "n_params": result.n_params,
+        "best_dev": result.best_dev,
+        "best_step": result.best_step,
+        "history": result.history,
+        "train_seconds": round(result.seconds, 2),
+        "untuned": untuned.summary(),
+        "test": {**tuned.summary(), "gain": gain},
+    }
+    write_json_atomic(out / LORA_RECORD, record)
+    _write_run(
+        out,
+        "neurons-lora",
+        cfg,
+        src,
+        time.perf_counter() - started,
+        {"untuned": untuned.score, "tuned": tuned.score, "n_test": len(test)},
+    )
+    shown = ""
+    if gain is not None:
+        shown = (
+            f" ({100 * gain['value']:+.1f} [{100 * gain['low']:+.1f}, {100 * gain['high']:+.1f}])"
+        )
+    log(f"tuned test {100 * tuned.score:.1f}{shown} in {result.seconds:.0f}s")
+    return record
+
+
+def _load_lora_source(
+    path: Path,
+    *,
+    handle: ModelHandle | None,
+    device: str | None,
+    precision: str,
+) -> NeuronSource:
+    from promptatlas.io import read_json_object
+
+    record = read_json_object(
+        path / LORA_RECORD,
+        ValueError,
+        where=f"{path / LORA_RECORD}",
+        fix="rerun `promptatlas neurons lora` into a new folder",
+    )
+    if not (path / LORA_TENSORS).exists():
+        raise FileNotFoundError(
+            f"{path} has {LORA_RECORD} but no {LORA_TENSORS}; rerun `promptatlas neurons lora`"
+        )
+    variant = get_task(record["task"], record["lang"])
+    handle = handle or load_model(record["model"], device=device)
+    if record.get("model_fingerprint") not in (None, handle.fingerprint):
+        raise ValueError(
+            f"the LoRA adapters in {path} were tuned on {record['model']}, not on {handle.name}"
+        )
+    from safetensors.torch import load_file
+
+    apply_lora(handle, LoRAConfig.from_dict(record.get("lora", {})))
+    load_lora_state(handle, load_file(str(path / LORA_TENSORS)))
+    formatter = TaskFormatter(
+        handle.tokenizer, variant, FormatConfig.from_dict(record.get("format", {}))
+    )
+    return NeuronSource(
+        path,
+        handle,
+        None,
+        None,
+        formatter,
+        autocast_dtype(precision, handle.device),
+        resolve_precision(precision, handle.device),
+        lora=record,
+    )
 
 
 # -- prune ----------------------------------------------------------------------------------
