@@ -189,7 +189,11 @@ def test_lora_counterpart_of_a_prompt_for_perturb_and_find(
                for t in rec["targets"])  # fmt: skip
     assert rec["untuned"]["n"] == 8 and rec["test"]["n"] == 8 and "gain" in rec["test"]
     assert rec["best_step"] in (10, 20)
-    assert (lora / "lora.safetensors").stat().st_size > 0
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(lora / "lora.safetensors"))
+    trained_b = [t for k, t in tensors.items() if k.endswith("lora_B.default.weight")]
+    assert trained_b and any(t.abs().sum() > 0 for t in trained_b)
     # the LoRA folder stands in for a prompt: perturb the SA-en prompt's skill neurons in it
     out = tmp_path / "perturb"
     argv = ["neurons", "perturb", "--prompt", str(lora), "--skill", str(found["sa-en"]),
@@ -201,6 +205,9 @@ def test_lora_counterpart_of_a_prompt_for_perturb_and_find(
     data = json.loads((out / "perturbation.json").read_text())
     # unperturbed = the tuned model's own test score (no prompt), on the same 8 examples
     assert data["results"][0]["baseline"]["value"] == pytest.approx(rec["test"]["score"])
+    matrix = ["neurons", "matrix", "--prompts", str(bank / "sa-en"), str(lora), "--skill",
+              str(found["sa-en"]), "--out", str(tmp_path / "m")]  # fmt: skip
+    _one_line(capsys, matrix, "is a LoRA folder")
     assert main(["neurons", "find", "--prompt", str(lora), "--out", str(tmp_path / "f"),
                  "--train-limit", "16", "--dev-limit", "16", "--quiet"]) == 0  # fmt: skip
     _one_line(

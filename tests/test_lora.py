@@ -89,3 +89,32 @@ def test_training_lowers_the_loss_and_changes_only_the_adapters() -> None:
         load_lora_state(wrong, state)
     remove_lora(handle)
     assert torch.allclose(_hidden(handle, fmt, train[:4]), before, atol=1e-6)
+
+
+def test_peft_wraps_exactly_the_named_projections_on_a_deeper_model(tmp_path: Any) -> None:
+    """With 20 or more targets PEFT shortens the names to suffixes; those must still match
+    only the attention projections (6 layers × q/k/v/o = 24)."""
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    tiny = load_model("tiny-llama")
+    config = LlamaConfig(
+        vocab_size=len(tiny.tokenizer), hidden_size=32, intermediate_size=64,
+        num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    handle = load_model(str(tmp_path))
+    targets = apply_lora(handle, LoRAConfig(r=2), trainable=False)
+    assert len(targets) == 24
+    wrapped = {n for n, m in handle.model.named_modules() if isinstance(m, LoraLayer)}
+    assert wrapped == set(targets)
+    assert not any(p.requires_grad for p in handle.model.parameters())  # trainable=False
+    assert all(p.dtype == torch.float32 for n, p in handle.model.named_parameters() if "lora_" in n)
+    remove_lora(handle)
+    assert not has_lora(handle) and not hasattr(handle.model, "peft_config")
+    apply_lora(handle, LoRAConfig(r=2))  # again on the same model, cleanly
+    assert {n for n, m in handle.model.named_modules() if isinstance(m, LoraLayer)} == set(targets)

@@ -90,6 +90,7 @@ class ProjectConfig(ConfigBase):
         super().__post_init__()
         object.__setattr__(self, "apply", tuple(str(p) for p in self.apply))
         object.__setattr__(self, "fit", tuple(str(p) for p in self.fit))
+        object.__setattr__(self, "train", from_dict(TrainConfig, self.train, path="train"))
         if self.objective not in ("task", "distance"):
             raise ConfigError(f"objective must be 'task' or 'distance', got {self.objective!r}")
         if self.objective == "distance" and not self.target_bank:
@@ -103,7 +104,6 @@ class ProjectConfig(ConfigBase):
             raise ConfigError("fit and target_bank apply to objective 'distance' only")
         if isinstance(self.projector, Mapping):
             object.__setattr__(self, "projector", ProjectorConfig.from_dict(self.projector))
-        object.__setattr__(self, "train", from_dict(TrainConfig, self.train, path="train"))
         if self.init_steps < 0:
             raise ConfigError("init_steps must be ≥ 0")
 
@@ -127,6 +127,11 @@ def check_project_target(
     A folder that already holds a cross-model transfer is reused only for the same ``cfg`` (a
     rerun) or with ``overwrite``; otherwise :class:`~promptatlas.bank.PromptExistsError`."""
     target = check_output_path(out, kind="folder", what="cross-model transfer folder")
+    if cfg is not None and cfg.objective == "distance" and not Path(str(cfg.target_bank)).is_dir():
+        raise FileNotFoundError(
+            f"--target-bank {cfg.target_bank} is not a folder; give the folder that holds the "
+            f"{cfg.target_model} prompts of the tasks to fit"
+        )
     meta_path = target / "projector" / PROJECTOR_METADATA_FILE
     if overwrite or not meta_path.is_file():
         return target
@@ -184,6 +189,10 @@ def project_across_models(
             steps=int(cfg.train.steps or 0),
             lr=float(cfg.train.lr or 0.0),
             seed=cfg.train.seed,
+            warmup=cfg.train.warmup,
+            schedule=cfg.train.schedule,
+            max_grad_norm=cfg.train.max_grad_norm,
+            weight_decay=cfg.train.weight_decay,
         )
         projector = projector.to(target_handle.device)
         seconds = time.perf_counter() - started
@@ -268,16 +277,21 @@ def distance_pairs(
         if meta.task is None or meta.lang is None:
             raise ValueError(f"{directory} is a language prompt; give task prompts to fit")
         method = stored.prompt.method
+        want = stored.prompt.config
         match = [
             d
             for d, m in bank
             if (m.task, m.lang, m.prompt_config.method) == (meta.task, meta.lang, method)
+            and m.prompt_config.length == want.length
+            and m.prompt_config.kv == want.kv
+            and (method == "v1" or m.prompt_config.layers is None)
         ]
         if not match:
             raise ValueError(
-                f"{cfg.target_bank} holds no {method} prompt of {meta.task}-{meta.lang} trained "
-                f"on {target_handle.name}; train one there (promptatlas train --model "
-                f"{cfg.target_model} --task {meta.task} --lang {meta.lang} --method {method}) "
+                f"{cfg.target_bank} holds no {method} prompt of {meta.task}-{meta.lang} with "
+                f"{want.length} positions trained on {target_handle.name}; train one there "
+                f"(promptatlas train --model {cfg.target_model} --task {meta.task} "
+                f"--lang {meta.lang} --method {method}) "
                 "or drop that prompt from the fit"
             )
         key = f"{meta.task}-{meta.lang}"

@@ -73,8 +73,10 @@ from promptatlas.training.lora import (
     LORA_LR,
     LoRAConfig,
     apply_lora,
+    has_lora,
     load_lora_state,
     lora_state,
+    remove_lora,
     train_lora,
 )
 
@@ -369,6 +371,11 @@ def load_source(
             f"skill neurons need a classification task; {path} is a {variant.name} prompt "
             f"({variant.spec.kind})"
         )
+    if handle is not None and has_lora(handle):
+        raise ValueError(
+            f"the model handle carries LoRA adapters; load {path} into a model without them "
+            "(remove_lora)"
+        )
     handle = handle or load_model(meta.model, device=device)
     stored = load_prompt(path, handle)
     formatter = TaskFormatter(handle.tokenizer, variant, meta.run.format)
@@ -589,11 +596,17 @@ class LoRARunConfig(ConfigBase):
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=100, batch_size=8, lr=LORA_LR, eval_every=25, dev_limit=64, warmup=0.0
+            steps=100,
+            batch_size=8,
+            lr=LORA_LR,
+            eval_every=25,
+            dev_limit=None,
+            warmup=0.0,
+            schedule="constant",
         )
     )
     train_limit: int | None = None
-    dev_limit: int | None = 200
+    dev_limit: int | None = 64
     test_limit: int | None = 300
     data_dir: str | None = None
     precision: Precision = "auto"
@@ -612,6 +625,7 @@ def lora_run(
     *,
     handle: ModelHandle | None = None,
     progress: bool = True,
+    keep: bool = False,
     log: Log = _quiet,
 ) -> dict[str, Any]:
     """Tune LoRA adapters for the task of ``prompt_dir`` (its model, format and evaluation
@@ -619,13 +633,28 @@ def lora_run(
     neuron runs read: model, task, format, the untuned and tuned test scores with intervals
     and the paired gain, the training history) and ``run.json``. ``out`` then works as the
     ``prompt_dir`` of :func:`find_neurons`, :func:`perturb_neurons_run` and :func:`prune_run`.
-    The handle's model is left carrying the adapters."""
+    The adapters are removed from the model afterwards unless ``keep``."""
     cfg = cfg or LoRARunConfig()
     out = Path(out)
+    if (Path(prompt_dir) / LORA_RECORD).exists():
+        raise ValueError(f"{prompt_dir} is a LoRA folder; give the prompt whose task to tune")
     started = time.perf_counter()
     src = load_source(prompt_dir, handle=handle, precision=cfg.precision)
-    if src.prompt is None:
-        raise ValueError(f"{prompt_dir} is a LoRA folder; give the prompt whose task to tune")
+    try:
+        return _lora_run(src, out, cfg, started, progress, log)
+    finally:
+        if not keep and has_lora(src.handle):
+            remove_lora(src.handle)
+
+
+def _lora_run(
+    src: NeuronSource,
+    out: Path,
+    cfg: LoRARunConfig,
+    started: float,
+    progress: bool,
+    log: Log,
+) -> dict[str, Any]:
     train = src.split("train", cfg.train_limit, cfg.data_dir)
     dev = src.split("dev", cfg.dev_limit, cfg.data_dir)
     test = src.split("test", cfg.test_limit, cfg.data_dir)
@@ -712,6 +741,11 @@ def _load_lora_source(
         raise FileNotFoundError(
             f"{path} has {LORA_RECORD} but no {LORA_TENSORS}; rerun `promptatlas neurons lora`"
         )
+    missing = [k for k in ("task", "lang", "model") if not isinstance(record.get(k), str)]
+    if missing:
+        raise ValueError(
+            f"{path / LORA_RECORD} lacks {', '.join(missing)}; rerun `promptatlas neurons lora`"
+        )
     variant = get_task(record["task"], record["lang"])
     handle = handle or load_model(record["model"], device=device)
     if record.get("model_fingerprint") not in (None, handle.fingerprint):
@@ -720,8 +754,18 @@ def _load_lora_source(
         )
     from safetensors.torch import load_file
 
-    apply_lora(handle, LoRAConfig.from_dict(record.get("lora", {})))
-    load_lora_state(handle, load_file(str(path / LORA_TENSORS)))
+    try:
+        tensors = load_file(str(path / LORA_TENSORS))
+    except Exception as exc:  # safetensors raises its own error type for a damaged file
+        raise ValueError(
+            f"{path / LORA_TENSORS} cannot be read ({exc}); rerun `promptatlas neurons lora`"
+        ) from exc
+    apply_lora(handle, LoRAConfig.from_dict(record.get("lora", {})), trainable=False)
+    try:
+        load_lora_state(handle, tensors)
+    except Exception:
+        remove_lora(handle)
+        raise
     formatter = TaskFormatter(
         handle.tokenizer, variant, FormatConfig.from_dict(record.get("format", {}))
     )

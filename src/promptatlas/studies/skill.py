@@ -230,7 +230,7 @@ def zero_shot_transfer(
     done = 0
     started = time.perf_counter()
 
-    def score(source: str, target: str) -> float:
+    def score(source: str, target: str, kind: str = "own") -> float:
         nonlocal done
         meta = metas[target]
         assert meta.task is not None and meta.lang is not None
@@ -238,7 +238,8 @@ def zero_shot_transfer(
             grid.prompts[source],
             meta.task,
             meta.lang,
-            label_words="target" if source == target else label_words,  # type: ignore[arg-type]
+            # the source's label words only for the same task in another language
+            label_words=label_words if kind == "cross_language" else "target",  # type: ignore[arg-type]
             limit=test_limit,
             data_dir=data_dir,
             eval_config=meta.run.eval,
@@ -257,7 +258,7 @@ def zero_shot_transfer(
     scores: dict[Pair, float] = {}
     transfer: dict[Pair, float] = {}
     for s, t in sorted(grid.kinds):
-        scores[(s, t)] = score(s, t)
+        scores[(s, t)] = score(s, t, grid.kinds[(s, t)])
         if own[t] > 0:
             transfer[(s, t)] = scores[(s, t)] / own[t]
     return dataclasses.replace(grid, transfer=transfer, scores=scores, own=own)
@@ -329,6 +330,8 @@ def grid_indicators(
     (``train_limit``/``dev_limit`` examples). Writes ``indicators.csv`` (ρ per indicator),
     ``indicators.png`` (bar chart), ``scatter.png``, ``pairs.csv`` (every indicator and T per
     pair), ``indicators.json`` and ``run.json``."""
+    if test_limit is not None and test_limit < 1:
+        raise ValueError(f"test_limit must be ≥ 1 (or None for all), got {test_limit}")
     started = time.perf_counter()
     grid = grid_transfer(grid_dir, measure=transfer)
     nodes = sorted({n for pair in grid.kinds for n in pair})
@@ -618,8 +621,18 @@ def perturbation_matrix(
     setups: dict[str, EvalSetup] = {}
     sources = []
     for d in prompt_dirs:
+        if (Path(d) / "lora.json").exists():
+            raise ValueError(
+                f"{d} is a LoRA folder: the matrix evaluates prompts in one shared model; give "
+                "the LoRA folder to `neurons perturb --prompt` instead"
+            )
         src = load_source(d, handle=handle, precision=precision)
         handle = src.handle
+        if src.name in setups:
+            raise ValueError(
+                f"two prompts of {src.name} ({d}); the matrix takes one prompt per task and "
+                "language"
+            )
         sources.append(src)
         setups[src.name] = EvalSetup(
             src.plm(), src.formatter, src.split("test", test_limit, data_dir)

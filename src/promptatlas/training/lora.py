@@ -28,7 +28,13 @@ from promptatlas.formatting import TaskFormatter
 from promptatlas.models.registry import ModelHandle
 from promptatlas.prompts.injection import PromptedLM
 from promptatlas.tasks import Example
-from promptatlas.training.trainer import TrainConfig, TrainConfigError, _encode, _micro_batch
+from promptatlas.training.trainer import (
+    TrainConfig,
+    TrainConfigError,
+    _encode,
+    _micro_batch,
+    lr_factor,
+)
 
 __all__ = [
     "LoRAConfig",
@@ -91,10 +97,13 @@ def has_lora(handle: ModelHandle) -> bool:
     return any(isinstance(m, LoraLayer) for m in handle.model.modules())
 
 
-def apply_lora(handle: ModelHandle, config: LoRAConfig, *, seed: int = 0) -> list[str]:
+def apply_lora(
+    handle: ModelHandle, config: LoRAConfig, *, seed: int = 0, trainable: bool = True
+) -> list[str]:
     """Inject LoRA adapters (B = 0, so the model's outputs do not change yet; A drawn from
-    ``seed``) into ``handle.model`` in place; returns the adapted module names. Only the
-    adapters are trainable. :func:`remove_lora` undoes it."""
+    ``seed``; fp32 whatever the model's dtype) into ``handle.model`` in place; returns the
+    adapted module names. With ``trainable`` only the adapters require gradients, otherwise
+    nothing does. :func:`remove_lora` undoes it."""
     from peft import LoraConfig, inject_adapter_in_model
 
     if has_lora(handle):
@@ -113,8 +122,9 @@ def apply_lora(handle: ModelHandle, config: LoRAConfig, *, seed: int = 0) -> lis
         torch.manual_seed(seed)
         inject_adapter_in_model(peft_config, handle.model)
     for name, param in handle.model.named_parameters():
-        param.requires_grad_("lora_" in name)
-    handle.model.to(handle.device)
+        if "lora_" in name:
+            param.data = param.data.float()
+        param.requires_grad_(trainable and "lora_" in name)
     return targets
 
 
@@ -129,6 +139,7 @@ def remove_lora(handle: ModelHandle) -> None:
             setattr(parent, child, module.base_layer)
     for param in handle.model.parameters():
         param.requires_grad_(False)
+    handle.model.__dict__.pop("peft_config", None)
 
 
 def lora_state(handle: ModelHandle) -> dict[str, torch.Tensor]:
@@ -183,28 +194,70 @@ def train_lora(
     autocast_dtype: torch.dtype | None = None,
     progress: bool = True,
 ) -> LoRAResult:
-    """Inject LoRA adapters into ``handle.model`` and train them on ``train`` (the objective
-    and per-epoch data order of prompt training, AdamW at ``config.lr`` or :data:`LORA_LR`,
-    constant rate); with ``dev`` and ``config.eval_every`` the best dev adapters are kept.
-    The model is left carrying the trained adapters (:func:`remove_lora` drops them)."""
+    """Inject LoRA adapters into ``handle.model`` and train them on ``train`` (the objective,
+    per-epoch data order, warm-up/schedule and clipping of prompt training, AdamW at
+    ``config.lr`` or :data:`LORA_LR`); with ``dev`` and ``config.eval_every`` the best dev
+    adapters are kept. The model is left carrying the trained (frozen) adapters
+    (:func:`remove_lora` drops them); if training fails they are removed. Not supported here:
+    ``patience`` and resumable checkpoints."""
     lora = lora or LoRAConfig()
     if not train:
         raise TrainConfigError(f"no training examples for {formatter.name}")
+    if config.patience is not None:
+        raise TrainConfigError("LoRA training has no early stopping; leave patience unset")
     objective = config.objective
     if objective == "auto":
         objective = "rank" if formatter.task.spec.kind == "classification" else "lm"
     lr = config.lr if config.lr is not None else LORA_LR
     targets = apply_lora(handle, lora, seed=config.seed)
+    try:
+        return _train(
+            handle, formatter, train, config, targets, lr, objective, dev, eval_config,
+            autocast_dtype, progress,
+        )  # fmt: skip
+    except BaseException:
+        remove_lora(handle)
+        raise
+
+
+def _dropouts(handle: ModelHandle) -> list[nn.Module]:
+    from peft.tuners.lora import LoraLayer
+
+    return [
+        d
+        for m in handle.model.modules()
+        if isinstance(m, LoraLayer)
+        for d in m.lora_dropout.values()
+    ]
+
+
+def _train(
+    handle: ModelHandle,
+    formatter: TaskFormatter,
+    train: Sequence[Example],
+    config: TrainConfig,
+    targets: list[str],
+    lr: float,
+    objective: str,
+    dev: Sequence[Example] | None,
+    eval_config: EvalConfig | None,
+    autocast_dtype: torch.dtype | None,
+    progress: bool,
+) -> LoRAResult:
     params = [p for n, p in handle.model.named_parameters() if "lora_" in n]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     batches = _encode(formatter, train, objective, eval_config)
     total = config.total_steps(len(batches.encoded))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, total))
     plm = PromptedLM(handle, None, autocast_dtype=autocast_dtype)
+    dropouts = _dropouts(handle)
     history: list[dict[str, float]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     started = time.perf_counter()
     bar = tqdm(total=total, desc=f"LoRA {formatter.name}", unit="step", disable=not progress)
     for step in range(total):
+        for d in dropouts:  # the model stays in eval mode; only the adapters' dropout acts
+            d.train()
         optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for micro in range(config.grad_accum):
@@ -217,8 +270,12 @@ def train_lora(
             loss_sum += float(loss.detach())
         if config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        lr_now = float(scheduler.get_last_lr()[0])
+        record = {"step": float(step + 1), "loss": loss_sum, "lr": lr_now}
         optimizer.step()
-        record = {"step": float(step + 1), "loss": loss_sum}
+        scheduler.step()
+        for d in dropouts:
+            d.eval()
         if dev and config.eval_every and (step + 1) % config.eval_every == 0:
             subset = list(dev)[: config.dev_limit] if config.dev_limit else list(dev)
             with torch.no_grad():
@@ -227,7 +284,7 @@ def train_lora(
             if best is None or score > best[0]:
                 best = (score, step + 1, lora_state(handle))
         history.append(record)
-        bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"})
+        bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k not in ("step", "lr")})
         bar.update(1)
     bar.close()
     if best is not None:

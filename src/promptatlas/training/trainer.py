@@ -214,7 +214,9 @@ def _micro_batch(n: int, size: int, seed: int, index: int) -> list[int]:
     return perm[j * size : (j + 1) * size]
 
 
-def _schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:
+def lr_factor(cfg: TrainConfig, total: int) -> Callable[[int], float]:
+    """The learning-rate multiplier per step: linear warm-up over ``cfg.warmup`` of ``total``
+    steps, then ``cfg.schedule`` (constant, linear or cosine decay)."""
     warm = round(cfg.warmup * total)
 
     def factor(step: int) -> float:
@@ -683,7 +685,7 @@ def train_prompt(
     batches = _encode(formatter, train, objective, eval_config)
     total = config.total_steps(len(batches.encoded))
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, total))
     # The checkpoint interval does not change the result, so it is not part of the identity.
     fingerprint = _plain(
         {

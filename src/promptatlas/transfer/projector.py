@@ -47,6 +47,7 @@ from promptatlas.prompts.injection import PromptedLM
 from promptatlas.prompts.soft_prompt import SoftPrompt
 from promptatlas.tasks import Example
 from promptatlas.training import TrainConfig, TrainResult, train_prompt
+from promptatlas.training.trainer import lr_factor
 
 __all__ = [
     "PROJECTOR_FORMAT_VERSION",
@@ -567,15 +568,20 @@ def fit_projector_distance(
     lr: float = 1e-3,
     seed: int = 0,
     target_layers: Sequence[int] | None = None,
+    warmup: float = 0.0,
+    schedule: str = "constant",
+    max_grad_norm: float | None = None,
+    weight_decay: float = 0.0,
 ) -> tuple[PromptProjector, list[dict[str, float]]]:
     """Fit a projector by distance minimisation (Su et al. 2022, "Distance Minimizing"; SPEC
     B5): minimise MSE(Proj(P^A_t), P^B_t) over tasks t with a prompt on both models.
 
     ``pairs``: (source-model prompt, target-model prompt of the same task), of one kind and
     length; position i of one maps to position i of the other. No model runs: all positions of
-    all pairs form one full batch, fitted for ``steps`` AdamW steps at ``lr`` (weights drawn
-    from ``seed``; same inputs ⇒ same projector bytes). Returns the projector (eval mode, on
-    the CPU) and the loss per step (``history``: ``{"step", "loss"}``)."""
+    all pairs form one full batch, fitted for ``steps`` AdamW steps at ``lr`` with prompt
+    training's ``warmup``/``schedule``, clipping and weight decay (weights drawn from ``seed``;
+    same inputs ⇒ same projector bytes). Returns the projector (eval mode, on the CPU) and the
+    loss per step (``history``: ``{"step", "loss", "lr"}``)."""
     if not pairs:
         raise ProjectorError(
             "distance minimisation needs at least one (source prompt, target prompt) pair of "
@@ -620,7 +626,9 @@ def fit_projector_distance(
     x_all, y_all = torch.cat(xs), torch.cat(ys)
     generator = torch.Generator().manual_seed(seed)
     projector = PromptProjector(n_in, n_out, projector_config, kind=kind, generator=generator)
-    optimiser = torch.optim.AdamW(projector.parameters(), lr=lr, weight_decay=0.0)
+    optimiser = torch.optim.AdamW(projector.parameters(), lr=lr, weight_decay=weight_decay)
+    rate = TrainConfig(steps=steps, lr=lr, warmup=warmup, schedule=schedule)  # type: ignore[arg-type]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor(rate, steps))
     history: list[dict[str, float]] = []
     projector.train()
     for step in range(1, steps + 1):
@@ -628,8 +636,12 @@ def fit_projector_distance(
         pred = projector(x_all, dropout=projector.config.dropout > 0, generator=generator)
         loss = F.mse_loss(pred, y_all)
         loss.backward()
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(projector.parameters(), max_grad_norm)
+        current = float(scheduler.get_last_lr()[0])
         optimiser.step()
-        history.append({"step": float(step), "loss": float(loss.detach())})
+        scheduler.step()
+        history.append({"step": float(step), "loss": float(loss.detach()), "lr": current})
     projector.eval()
     return projector, history
 
