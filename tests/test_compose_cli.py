@@ -79,6 +79,15 @@ def test_run_composition_file_writes_the_table_and_resumes(
     assert (out / "report" / "recovery-vs-dim.png").exists()
     code, text, _ = _run(capsys, "run", str(study), "--quiet")
     assert code == 0 and "14 reused, 0 to run" in text
+    # a run folder that holds another setting (e.g. written by an older run of another file
+    # with the same name) is not taken for this unit, even with its key in the database
+    path = out / "runs" / "amp-en-s1" / "run.json"
+    stored = json.loads(path.read_text())
+    stored["config"]["amp"]["lr"] = 0.5
+    path.write_text(json.dumps(stored))
+    code, text, _ = _run(capsys, "run", str(study), "--quiet")
+    assert code == 0 and "13 reused, 1 to run" in text
+    assert json.loads(path.read_text())["config"]["amp"]["lr"] == 0.01
 
 
 def test_changed_amp_settings_rerun_only_amp(

@@ -315,15 +315,14 @@ class CompositionConfig(ConfigBase):
         cfg.pop("device", None)
         return f"{self.name}/{self.model}/source/{task}-{lang}/s{seed}#{config_hash(cfg)}"
 
+    def method_settings(self, method: str, lang: str, seed: int) -> dict[str, Any]:
+        """The settings a method run reads (its config without the device and the other
+        methods' sections: a changed AMP lr does not rerun PT)."""
+        return _method_settings(method, self.method_config(method, lang, seed).to_dict())
+
     def method_key(self, method: str, lang: str, seed: int) -> str:
-        cfg = self.method_config(method, lang, seed).to_dict()
-        cfg.pop("device", None)
-        # Only the settings the method reads: a changed AMP lr does not rerun PT.
-        uses = {"amp": ("amp",), "attempt": ("attempt",), "spot-m": ("pt", "spot_source")}
-        for name in ("pt", "amp", "attempt", "spot_source"):
-            if name not in uses.get(method, ("pt",)):
-                cfg.pop(name, None)
-        return self.key("method", f"{method}/{lang}/s{seed}", cfg)
+        settings = self.method_settings(method, lang, seed)
+        return self.key("method", f"{method}/{lang}/s{seed}", settings)
 
     def ipt_key(self, dim: int) -> str:
         ipt = self.compose.ipt
@@ -372,6 +371,16 @@ def load_composition(path: str | Path) -> CompositionConfig:
 # -- running ---------------------------------------------------------------------------------------
 
 
+def _method_settings(method: str, config: dict[str, Any]) -> dict[str, Any]:
+    out = dict(config)
+    out.pop("device", None)
+    uses = {"amp": ("amp",), "attempt": ("attempt",), "spot-m": ("pt", "spot_source")}
+    for name in ("pt", "amp", "attempt", "spot_source"):
+        if name not in uses.get(method, ("pt",)):
+            out.pop(name, None)
+    return out
+
+
 class _Study:
     def __init__(
         self, cfg: CompositionConfig, db: ResultsDB, progress: bool, log: Callable[[str], Any]
@@ -392,7 +401,28 @@ class _Study:
 
     def method_done(self, unit: tuple[str, str, int]) -> bool:
         path = self.cfg.method_path(*unit)
-        return (path / "run.json").exists() and self.db.has(self.cfg.method_key(*unit))
+        if not ((path / "run.json").exists() and self.db.has(self.cfg.method_key(*unit))):
+            return False
+        # The folder must hold this unit's run: another study of the same name writing
+        # elsewhere may have recorded the key while this folder holds an older setting.
+        try:
+            stored = json.loads((path / "run.json").read_text(encoding="utf-8"))["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if not isinstance(stored, dict):
+            return False
+        expected = self.cfg.method_settings(*unit)
+        found = _method_settings(unit[0], stored)
+
+        def plain(value: Any) -> str:
+            return json.dumps(value, sort_keys=True, default=str)
+
+        # format and eval are stored resolved (defaults filled in), so they are not compared
+        return all(
+            plain(found.get(k)) == plain(v)
+            for k, v in expected.items()
+            if k not in ("format", "eval")
+        )
 
     def ipt_done(self, dim: int) -> bool:
         path = self.cfg.ipt_path(dim)
