@@ -205,6 +205,12 @@ def test_lora_counterpart_of_a_prompt_for_perturb_and_find(
     data = json.loads((out / "perturbation.json").read_text())
     # unperturbed = the tuned model's own test score (no prompt), on the same 8 examples
     assert data["results"][0]["baseline"]["value"] == pytest.approx(rec["test"]["score"])
+    # evaluation options left undecided in the record (as older prompts store them) still load
+    from promptatlas.runs.neurons import load_source
+
+    rec["eval"]["length_normalise"] = None
+    (lora / "lora.json").write_text(json.dumps(rec))
+    assert load_source(lora).eval_config.length_normalise is None
     matrix = ["neurons", "matrix", "--prompts", str(bank / "sa-en"), str(lora), "--skill",
               str(found["sa-en"]), "--out", str(tmp_path / "m")]  # fmt: skip
     _one_line(capsys, matrix, "is a LoRA folder")

@@ -314,7 +314,8 @@ class NeuronSource:
     def eval_config(self) -> EvalConfig:
         if self.meta is not None:
             return self.meta.run.eval
-        return EvalConfig.from_dict((self.lora or {}).get("eval", {}))
+        # as a stored prompt's evaluation options are read (None = decided at evaluation)
+        return EvalConfig(**(self.lora or {}).get("eval", {}))
 
     def info(self) -> dict[str, Any]:
         if self.meta is None:
