@@ -87,6 +87,7 @@ __all__ = [
     "PerturbConfig",
     "PruneConfig",
     "find_neurons",
+    "is_lora_folder",
     "load_skill",
     "load_source",
     "lora_run",
@@ -354,7 +355,7 @@ def load_source(
     formatter; or a LoRA folder written by :func:`lora_run` (its model with the adapters in
     place, no prompt). Language prompts and generation tasks fail before the model loads."""
     path = Path(prompt_dir)
-    if (path / LORA_RECORD).exists():
+    if is_lora_folder(path):
         return _load_lora_source(path, handle=handle, device=device, precision=precision)
     if not (path / "prompt.json").exists():
         raise FileNotFoundError(
@@ -586,6 +587,11 @@ LORA_RECORD = "lora.json"
 LORA_TENSORS = "lora.safetensors"
 
 
+def is_lora_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by :func:`lora_run` (not a prompt directory)."""
+    return (Path(path) / LORA_RECORD).exists()
+
+
 @dataclass(frozen=True)
 class LoRARunConfig(ConfigBase):
     """LoRA on the attention projections for the task of a prompt, with that prompt's model,
@@ -637,7 +643,7 @@ def lora_run(
     The adapters are removed from the model afterwards unless ``keep``."""
     cfg = cfg or LoRARunConfig()
     out = Path(out)
-    if (Path(prompt_dir) / LORA_RECORD).exists():
+    if is_lora_folder(prompt_dir):
         raise ValueError(f"{prompt_dir} is a LoRA folder; give the prompt whose task to tune")
     started = time.perf_counter()
     src = load_source(prompt_dir, handle=handle, precision=cfg.precision)

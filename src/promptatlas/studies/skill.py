@@ -609,7 +609,7 @@ def perturbation_matrix(
     each prompt of ``prompt_dirs`` evaluated on its own test split with those neurons
     perturbed. Writes ``matrix.csv``, ``matrix.png`` (drop ×100), ``matrix_relative.png`` and
     ``run.json``. ``mode="mean"`` uses each source's training means."""
-    from promptatlas.runs.neurons import load_skill, load_source
+    from promptatlas.runs.neurons import is_lora_folder, load_skill, load_source
 
     if not prompt_dirs or not skill_dirs:
         raise ValueError("give at least one prompt and one skill folder")
@@ -621,7 +621,7 @@ def perturbation_matrix(
     setups: dict[str, EvalSetup] = {}
     sources = []
     for d in prompt_dirs:
-        if (Path(d) / "lora.json").exists():
+        if is_lora_folder(d):
             raise ValueError(
                 f"{d} is a LoRA folder: the matrix evaluates prompts in one shared model; give "
                 "the LoRA folder to `neurons perturb --prompt` instead"
