@@ -67,6 +67,11 @@ def tiny_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "test_limit": 4,
                 "train_limit": 8,
             },
+            "skill": {
+                "find": {"train_limit": 12, "dev_limit": 8, "batch_size": 4},
+                "perturb": {"ps": [0.05, 0.1], "n_random": 2},
+            },
+            "indicators": {"test_limit": 4, "train_limit": 12, "dev_limit": 8},
         },
     }
     path = tmp / "g.yaml"
@@ -100,6 +105,60 @@ def test_grid_analysis_writes_every_figure(tiny_grid: Path) -> None:
     with open(tiny_grid / "compression" / "results.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted(r["method"] for r in rows) == ["v1", "v2", "v2-peak", "v2-trough"]
+
+
+def test_grid_analysis_skill_neurons_and_indicators(tiny_grid: Path) -> None:
+    """``analysis.skill`` finds the first own prompt's skill neurons (SA-en, v1) and perturbs
+    them on the grid's test examples; ``analysis.indicators`` correlates every indicator with
+    the zero-shot transfer of every own-prompt pair."""
+    skill = tiny_grid / "atlas" / "skill" / "sa-en"
+    run = json.loads((skill / "find" / "run.json").read_text())
+    assert Path(run["prompt"]["path"]).name == "sa-en-v1-s1"
+    assert (skill / "find" / "by_layer.png").read_bytes()[:8] == PNG
+    curve = json.loads((skill / "perturb" / "perturbation.json").read_text())
+    assert curve["n_test"] == 4  # the grid's test_limit
+    assert [r["p"] for r in curve["results"]] == [0.05, 0.1]
+    assert all(len(r["random_seeds"]) == 2 for r in curve["results"])
+    with open(tiny_grid / "atlas" / "indicators" / "pairs.csv", encoding="utf-8") as fh:
+        pairs = {(r["source"], r["target"]): r for r in csv.DictReader(fh)}
+    # Per method: SA <-> NLI in each language and each task EN <-> KO (8 ordered pairs); a
+    # target whose own prompt scores 0 on the tiny model has no ratio and is left out.
+    expected = {
+        (f"{m}/s1/{a}", f"{m}/s1/{b}")
+        for m in ("v1", "v2")
+        for x, y in (
+            ("sa-en", "nli-en"),
+            ("sa-ko", "nli-ko"),
+            ("sa-en", "sa-ko"),
+            ("nli-en", "nli-ko"),
+        )
+        for a, b in ((x, y), (y, x))
+    }
+    assert set(pairs) <= expected and len(pairs) >= 12
+    assert {p for p in expected if p[0].startswith("v1")} <= set(pairs)
+    row = pairs[("v1/s1/nli-en", "v1/s1/sa-en")]
+    assert row["kind"] == "cross_task"
+    assert float(row["transfer"]) == pytest.approx(float(row["score"]) / float(row["own"]))
+    assert pairs[("v1/s1/sa-en", "v1/s1/sa-ko")]["kind"] == "cross_language"
+    ranked = json.loads((tiny_grid / "atlas" / "indicators" / "indicators.json").read_text())
+    assert {"cos_flat", "on_all", "skill_overlap"} <= set(ranked["correlations"])
+
+
+def test_skill_analysis_of_an_untrained_prompt_fails_at_load(tmp_path: Path) -> None:
+    data = {
+        "name": "g",
+        "model": "tiny-llama",
+        "out": str(tmp_path / "out"),
+        "tasks": ["sa"],
+        "langs": ["en"],
+        "methods": {"v1": {"method": "v1"}},
+        "transfer": {},
+        "analysis": {"skill": {"task": "nli"}},
+    }
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"analysis.skill: the grid trains no own nli-en"):
+        load_grid(path)
 
 
 def test_kl_table_matches_direct_computation(tiny_grid: Path) -> None:

@@ -55,6 +55,7 @@ from promptatlas.io import atomic_directory, write_bytes_atomic, write_json_atom
 from promptatlas.models import ModelHandle, load_model
 from promptatlas.report.html import write_html
 from promptatlas.report.transfer import TransferLayout, write_transfer_report
+from promptatlas.runs.neurons import FindConfig, PerturbConfig
 from promptatlas.runs.train import RunConfig, curve_path, recording_curve, train_run
 from promptatlas.runs.transfer import transfer_run, zero_shot
 from promptatlas.studies.executors import ExecutorSpec, Job, run_jobs
@@ -145,6 +146,56 @@ class TransferSpec(ConfigBase):
 
 
 @dataclass(frozen=True)
+class SkillAnalysisSpec(ConfigBase):
+    """``analysis.skill``: the skill neurons of one of the grid's own prompts (SPEC §6): the
+    predictivity of every FFN neuron (``find``: :class:`~promptatlas.runs.neurons.FindConfig`)
+    and one perturbation curve — skill neurons against the same per-layer number of random
+    neurons and of the least predictive ones (``perturb``:
+    :class:`~promptatlas.runs.neurons.PerturbConfig`) — into
+    ``<out>/atlas/skill/<task>-<lang>/`` (``find/`` and ``perturb/``). ``task``/``lang``:
+    which prompt (default: the grid's first task and language); the first method and seed.
+    The grid's precision and data folder apply to both, and the grid's ``test_limit`` to the
+    perturbation unless ``perturb.test_limit`` is set."""
+
+    task: str | None = None
+    lang: str | None = None
+    find: FindConfig = field(default_factory=FindConfig)
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "find", from_dict(FindConfig, self.find, path="skill.find"))
+        object.__setattr__(
+            self, "perturb", from_dict(PerturbConfig, self.perturb, path="skill.perturb")
+        )
+
+
+@dataclass(frozen=True)
+class IndicatorAnalysisSpec(ConfigBase):
+    """``analysis.indicators``: every transferability indicator between the grid's own
+    prompts, correlated (Spearman) with their zero-shot transfer T(s→t) = score(P_s on t) /
+    score(P_t on t) on ``test_limit`` test examples of each target (SPEC B4;
+    :func:`promptatlas.studies.skill.grid_indicators`), into ``<out>/atlas/indicators/``.
+    ``skill``: also the skill-neuron indicators (predictivity of each classification prompt
+    on ``train_limit`` + ``dev_limit`` examples; top ``p`` per layer)."""
+
+    test_limit: int | None = 200
+    train_limit: int = 128
+    dev_limit: int = 128
+    p: float = 0.01
+    skill: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.test_limit is not None and self.test_limit < 1:
+            raise ExperimentError("analysis.indicators.test_limit: ≥ 1, or null for all")
+        if self.train_limit < 2 or self.dev_limit < 2:
+            raise ExperimentError("analysis.indicators: train_limit and dev_limit ≥ 2")
+        if not 0 < self.p <= 1:
+            raise ExperimentError(f"analysis.indicators.p: a fraction in (0, 1], got {self.p}")
+
+
+@dataclass(frozen=True)
 class AnalysisSpec(ConfigBase):
     """The optional ``analysis`` block of a grid file: after the cells, analyse every prompt
     of the grid (attention, neurons, geometry, PCA; :mod:`promptatlas.studies.atlas`) into
@@ -152,17 +203,33 @@ class AnalysisSpec(ConfigBase):
 
     compression: when given, also run that compression study (v1, v2, v2 on peak layers, v2 on
     trough layers; thesis Table 3) with these experiment settings merged in (e.g. tasks,
-    langs, train, test_limit)."""
+    langs, train, test_limit).
+    skill: when given, the skill neurons of one own prompt and their perturbation curve
+    (:class:`SkillAnalysisSpec`, ``<out>/atlas/skill``).
+    indicators: when given, the transferability indicators of the own prompts against their
+    zero-shot transfer (:class:`IndicatorAnalysisSpec`, ``<out>/atlas/indicators``)."""
 
     n_examples: int = 64
     batch_size: int = 16
     n_tokens: int = 10
     compression: Mapping[str, Any] | None = None
+    skill: SkillAnalysisSpec | None = None
+    indicators: IndicatorAnalysisSpec | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.n_examples < 2 or self.batch_size < 1:
             raise ExperimentError("analysis: n_examples ≥ 2 and batch_size ≥ 1 are required")
+        if self.skill is not None:
+            object.__setattr__(
+                self, "skill", from_dict(SkillAnalysisSpec, self.skill, path="analysis.skill")
+            )
+        if self.indicators is not None:
+            object.__setattr__(
+                self,
+                "indicators",
+                from_dict(IndicatorAnalysisSpec, self.indicators, path="analysis.indicators"),
+            )
 
 
 class CellKind(enum.StrEnum):
@@ -226,6 +293,24 @@ class GridConfig(ConfigBase):
                     f"transfer.lang_pairs: {pair!r} names {unknown}, not among the grid's "
                     f"languages {sorted(langs)}; add them to langs or drop the pair"
                 )
+        if self.analysis is not None and self.analysis.skill is not None:
+            self.skill_cell()  # fails early on a prompt the grid does not train
+
+    def skill_cell(self) -> Cell:
+        """The own-prompt cell whose skill neurons ``analysis.skill`` finds."""
+        assert self.analysis is not None and self.analysis.skill is not None
+        exp, spec = self.experiment, self.analysis.skill
+        task = (spec.task or exp.tasks[0]).lower()
+        lang = (spec.lang or exp.langs[0]).lower()
+        method, seed = next(iter(exp.methods)), exp.seeds[0]
+        cell = Cell(CellKind.BASELINE, method, seed, lang, task=task)
+        if cell not in self.cells():
+            raise ExperimentError(
+                f"analysis.skill: the grid trains no own {task}-{lang} prompt ({method}, seed "
+                f"{seed}); choose one of its tasks {list(exp.tasks)} and languages "
+                f"{list(exp.langs)} that is not skipped"
+            )
+        return cell
 
     @property
     def name(self) -> str:
@@ -1009,6 +1094,26 @@ def _analyse(
                 grid, overrides, atlas, runner, cfg, db, progress, log
             )
         suite.select_compression_layers(attention, compression, experiment=overrides, log=log)
+        if spec.skill is not None:
+            _skill_neurons(grid, spec.skill, atlas / "skill", runner.handle, log)
+        if spec.indicators is not None:
+            from promptatlas.studies.skill import grid_indicators
+
+            ind = spec.indicators
+            log(f"[{grid.name}] transferability indicators of the grid's own prompts")
+            grid_indicators(
+                grid.out,
+                atlas / "indicators",
+                p=ind.p,
+                skill=ind.skill,
+                train_limit=ind.train_limit,
+                dev_limit=ind.dev_limit,
+                transfer="zero-shot",
+                test_limit=ind.test_limit,
+                data_dir=exp.data_dir,
+                handle=runner.handle,
+                log=lambda line: log(f"  {line}"),
+            )
         db.record(
             kind="grid-analysis",
             model=grid.experiment.model,
@@ -1026,6 +1131,38 @@ def _analyse(
         run_experiment(
             load_experiment(compression), db=db, handle=runner.handle, progress=progress, log=log
         )
+
+
+def _skill_neurons(
+    grid: GridConfig,
+    spec: SkillAnalysisSpec,
+    out: Path,
+    handle: ModelHandle,
+    log: Callable[[str], Any],
+) -> None:
+    """Find the skill neurons of one own prompt of the grid and perturb them (one curve)."""
+    from promptatlas.runs.neurons import find_neurons, perturb_neurons_run
+
+    cell = grid.skill_cell()
+    task, lang, method = cell.task, cell.lang, cell.method
+    exp = grid.experiment
+    prompt_dir = grid.path(cell)
+    where = out / f"{task}-{lang}"
+    find = dataclasses.replace(spec.find, precision=exp.precision, data_dir=exp.data_dir)
+    # Perturbation is evaluated on the grid's test examples unless the block says otherwise.
+    limit = spec.perturb.test_limit if spec.perturb.test_limit is not None else exp.test_limit
+    perturb = dataclasses.replace(
+        spec.perturb, test_limit=limit, precision=exp.precision, data_dir=exp.data_dir
+    )
+    log(f"[{grid.name}] skill neurons of {task}-{lang} ({method}) → {where}")
+
+    def indented(line: str) -> None:
+        log(f"  {line}")
+
+    find_neurons(prompt_dir, where / "find", find, handle=handle, log=indented)
+    perturb_neurons_run(
+        prompt_dir, where / "find", where / "perturb", perturb, handle=handle, log=indented
+    )
 
 
 def _format_by_task_for(exp: ExperimentConfig, compression: Mapping[str, Any]) -> dict[str, Any]:
