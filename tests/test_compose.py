@@ -455,6 +455,18 @@ def test_recovery_spec_case() -> None:
         recovery([0.5], [0.0])
 
 
+def test_gain_recovery_hand_case() -> None:
+    from promptatlas.compose import RecoveryRow, gain_recovery
+
+    assert gain_recovery(0.7, 0.9, 0.5) == pytest.approx(0.5)
+    assert gain_recovery(0.4, 0.9, 0.5) == pytest.approx(-0.25)  # IST below untrained
+    assert gain_recovery(0.7, 0.5, 0.5) is None  # full tuning gained nothing
+    row = RecoveryRow("sa-en", "sa", "en", True, 0.7, 0.9, untrained=0.5)
+    assert row.recovery == pytest.approx(0.7 / 0.9) and row.gain_recovery == pytest.approx(0.5)
+    assert row.to_dict()["gain_recovery"] == pytest.approx(0.5)
+    assert RecoveryRow("sa-en", "sa", "en", True, 0.7, 0.9).gain_recovery is None
+
+
 def test_ipt_reconstruction_falls_and_reaches_tiny_error(tiny_handles: dict[str, Any]) -> None:
     handle = tiny_handles["tiny-gpt2"]
     sources = _sources(handle, ("sa", "nli"))
@@ -621,9 +633,16 @@ def test_ipt_recovery_runner(tiny_handles: dict[str, Any]) -> None:
     ist = ISTConfig(steps=2, batch_size=2, lr=0.05)
     pt = TrainConfig(steps=1, batch_size=2, lr=0.1, warmup=0.0, checkpoint_every=0)
     result = ipt_recovery(
-        handle, subspace, targets, {"sa-en": 0.5, "sts-en": 0.5}, ist, pt_train=pt
-    )
+        handle, subspace, targets, {"sa-en": 0.5, "sts-en": 0.5}, ist, pt_train=pt,
+        untrained_scores={"sa-en": 0.25},
+    )  # fmt: skip
     by_key = {r.key: r for r in result.rows}
+    # Gain recovery where the untrained score is known (SA), not where it is not (STS).
+    assert by_key["sa-en"].gain_recovery == pytest.approx((by_key["sa-en"].ist - 0.25) / 0.25)
+    assert result.seen is not None and result.seen["gain_recovery"] == pytest.approx(
+        by_key["sa-en"].gain_recovery
+    )
+    assert result.unseen is not None and "gain_recovery" not in result.unseen
     assert by_key["sa-en"].seen and not by_key["sts-en"].seen
     assert result.seen is not None and result.unseen is not None
     assert result.seen["mean_ratio"] == pytest.approx(by_key["sa-en"].ist / 0.5)

@@ -77,6 +77,7 @@ def test_run_composition_file_writes_the_table_and_resumes(
     recovery = json.loads((out / "ipt" / "d2" / "recovery.json").read_text())
     assert recovery["fitted"] == ["sa-en"] and recovery["unseen"] is not None
     assert (out / "report" / "recovery-vs-dim.png").exists()
+    assert "## IPT recovery" in table and "| d_I | target | seen | untrained |" in table
     code, text, _ = _run(capsys, "run", str(study), "--quiet")
     assert code == 0 and "14 reused, 0 to run" in text
     # a run folder that holds another setting (e.g. written by an older run of another file
@@ -88,6 +89,25 @@ def test_run_composition_file_writes_the_table_and_resumes(
     code, text, _ = _run(capsys, "run", str(study), "--quiet")
     assert code == 0 and "13 reused, 1 to run" in text
     assert json.loads(path.read_text())["config"]["amp"]["lr"] == 0.01
+
+
+def test_ipt_only_study_writes_no_empty_comparison(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``methods: []``: the sources and IPT only; the report holds the recovery, no table of
+    methods that did not run."""
+    monkeypatch.setenv("PROMPTATLAS_DB", str(tmp_path / "db.sqlite"))
+    text = TINY.format(out=tmp_path / "out").replace(
+        "methods: [pt, spot-s, spot-m, attempt, amp]", "methods: []"
+    )
+    path = tmp_path / "ipt.yaml"
+    path.write_text(text.replace("dims: [1, 2]", "dims: [1]"))
+    code, out, err = _run(capsys, "run", str(path), "--quiet")
+    assert code == 0, err
+    assert "3 units on tiny-gpt2: 0 reused, 3 to run" in out  # 2 sources + 1 IPT fit
+    report = (tmp_path / "out" / "report" / "comparison.md").read_text()
+    assert "| task | PT |" not in report and "## IPT recovery" in report
+    assert not (tmp_path / "out" / "report" / "comparison-en.csv").exists()
 
 
 def test_changed_amp_settings_rerun_only_amp(

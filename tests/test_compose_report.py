@@ -17,6 +17,7 @@ from promptatlas.report.compose import (
     plot_attention_heatmap,
     plot_intrinsic_pca,
     plot_recovery_vs_dim,
+    recovery_markdown,
     write_attention_csv,
     write_comparison_csv,
     write_comparison_markdown,
@@ -88,7 +89,7 @@ def test_attention_figure_and_csv(tmp_path: Path) -> None:
 
 def _recovery(dim: int, ist: float) -> RecoveryResult:
     rows = [
-        RecoveryRow("sa-en", "sa", "en", True, ist, 1.0, 0.3, 0.9),
+        RecoveryRow("sa-en", "sa", "en", True, ist, 1.0, 0.3, 0.9, untrained=0.2),
         RecoveryRow("tc-ko", "tc", "ko", False, ist / 2, 0.5, None, None),
     ]
     return RecoveryResult(dim, rows, {"mean_ratio": ist}, {"mean_ratio": ist})
@@ -99,6 +100,13 @@ def test_recovery_csv_and_figures(tmp_path: Path) -> None:
     rows = list(csv.DictReader(write_recovery_csv(results, tmp_path / "rec.csv").open()))
     assert len(rows) == 4 and float(rows[1]["recovery"]) == pytest.approx(0.5)
     assert rows[0]["seen"] == "True" and rows[1]["random_decoder"] == ""
+    assert float(rows[0]["gain_recovery"]) == pytest.approx((0.5 - 0.2) / 0.8)
+    results[0].seen["gain_recovery"] = 0.375  # type: ignore[index]
+    text = recovery_markdown(results).splitlines()
+    assert text[2] == "| 1 | 50% | 50% | 38% | — |"  # seen, unseen, seen gain, unseen gain
+    assert "| 1 | sa-en | yes | 20.0 | 50.0 | 100.0 | 50% | 37% |" in text
+    assert "| 5 | tc-ko | no | — | 40.0 | 50.0 | 80% | — |" in text
+    assert rows[1]["untrained"] == "" and rows[1]["gain_recovery"] == ""
     assert plot_recovery_vs_dim(results, tmp_path / "rec.png").stat().st_size > 0
     vectors = np.random.default_rng(0).normal(size=(6, 3))
     tasks = ["sa", "sa", "nli", "nli", "sts", "sts"]

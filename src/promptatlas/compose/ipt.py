@@ -431,9 +431,21 @@ def recovery(ist: Sequence[float], full: Sequence[float]) -> dict[str, float]:
     }
 
 
+def gain_recovery(ist: float, full: float, untrained: float) -> float | None:
+    """The part of full prompt tuning's gain over the untrained prompt that IST recovers:
+    (IST − untrained) / (full − untrained); None where full tuning gained nothing (full ≤
+    untrained). IST .7, full .9, untrained .5 give .5. Where the untrained prompt already
+    scores well (a base LM reading sentiment), ``recovery`` = IST / full is near 1 for any
+    IST that does no harm; this ratio says how much of what training added IST finds."""
+    if full <= untrained:
+        return None
+    return (ist - untrained) / (full - untrained)
+
+
 @dataclass(frozen=True)
 class RecoveryRow:
-    """One target task of a recovery study: IST score, full-PT score, and the controls."""
+    """One target task of a recovery study: IST score, full-PT score, the controls, and the
+    untrained prompt's score where known (for :func:`gain_recovery`)."""
 
     key: str
     task: str
@@ -443,13 +455,20 @@ class RecoveryRow:
     full: float
     random_decoder: float | None = None
     decoded_init_pt: float | None = None
+    untrained: float | None = None
 
     @property
     def recovery(self) -> float:
         return self.ist / self.full if self.full > 0 else float("nan")
 
+    @property
+    def gain_recovery(self) -> float | None:
+        if self.untrained is None:
+            return None
+        return gain_recovery(self.ist, self.full, self.untrained)
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "recovery": self.recovery}
+        return {**asdict(self), "recovery": self.recovery, "gain_recovery": self.gain_recovery}
 
 
 @dataclass
@@ -484,9 +503,12 @@ def ipt_recovery(
     pt_train: Any = None,
     eval_config: EvalConfig | None = None,
     autocast: torch.dtype | None = None,
+    untrained_scores: Mapping[str, float] | None = None,
 ) -> RecoveryResult:
     """IST on every target task (``targets`` by "task-lang"), recovery against ``full_scores``
-    (full prompt tuning's test score per key), seen vs unseen tasks apart. With ``controls``:
+    (full prompt tuning's test score per key), seen vs unseen tasks apart; with
+    ``untrained_scores`` (the untrained prompt's test score per key) also the gain recovery
+    (:func:`gain_recovery`), per row and as ``gain_recovery`` in each group. With ``controls``:
     IST through a random decoder, and full prompt tuning (``pt_train``, a TrainConfig) started
     from the tuned dec(z). ``templates`` give per-key frozen segments (e.g. the language
     segment of the target language; default the subspace's)."""
@@ -534,6 +556,7 @@ def ipt_recovery(
                 full=float(full_scores[key]),
                 random_decoder=random_score,
                 decoded_init_pt=init_score,
+                untrained=(untrained_scores or {}).get(key),
             )
         )
 
@@ -541,7 +564,12 @@ def ipt_recovery(
         chosen = [r for r in rows if r.seen == seen]
         if not chosen:
             return None
-        return recovery([r.ist for r in chosen], [r.full for r in chosen])
+        out = recovery([r.ist for r in chosen], [r.full for r in chosen])
+        gains = [g for g in (r.gain_recovery for r in chosen) if g is not None]
+        if gains:
+            out["gain_recovery"] = sum(gains) / len(gains)
+            out["n_gain"] = float(len(gains))
+        return out
 
     return RecoveryResult(subspace.intrinsic_dim, rows, group(True), group(False), runs)
 

@@ -27,6 +27,7 @@ __all__ = [
     "plot_attention_heatmap",
     "plot_intrinsic_pca",
     "plot_recovery_vs_dim",
+    "recovery_markdown",
     "write_attention_csv",
     "write_comparison_csv",
     "write_comparison_markdown",
@@ -229,10 +230,11 @@ def _recovery_points(results: Sequence[RecoveryResult], group: str) -> list[tupl
 
 
 def write_recovery_csv(results: Sequence[RecoveryResult], path: str | Path) -> Path:
-    """One row per (d_I, target task): IST, full PT, recovery, the controls, seen or not."""
+    """One row per (d_I, target task): IST, full PT, recovery, the controls, seen or not, the
+    untrained score and the gain recovery where known."""
     header = [
         "intrinsic_dim", "key", "task", "lang", "seen", "ist", "full", "recovery",
-        "random_decoder", "decoded_init_pt",
+        "random_decoder", "decoded_init_pt", "untrained", "gain_recovery",
     ]  # fmt: skip
     rows = [
         [
@@ -246,11 +248,51 @@ def write_recovery_csv(results: Sequence[RecoveryResult], path: str | Path) -> P
             row.recovery,
             row.random_decoder,
             row.decoded_init_pt,
+            row.untrained,
+            row.gain_recovery,
         ]
         for r in results
         for row in r.rows
     ]
     return write_csv_atomic(Path(path), header, rows)
+
+
+def recovery_markdown(results: Sequence[RecoveryResult]) -> str:
+    """Recovery against d_I as a markdown table: per d_I the seen and unseen means of IST /
+    full PT (the paper's recovery) and, where untrained scores are known, of the gain
+    recovery (IST − untrained) / (full − untrained); then one row per target task."""
+
+    def pct(value: float | None) -> str:
+        return "—" if value is None or not math.isfinite(value) else f"{100 * value:.0f}%"
+
+    def group(r: RecoveryResult, name: str, key: str) -> str:
+        g = r.seen if name == "seen" else r.unseen
+        return pct(None if g is None else g.get(key))
+
+    lines = [
+        "| d_I | seen | unseen | seen, gain | unseen, gain |",
+        "|---|---|---|---|---|",
+    ]
+    ordered = sorted(results, key=lambda r: r.intrinsic_dim)
+    for r in ordered:
+        cells = [
+            group(r, n, k) for k in ("mean_ratio", "gain_recovery") for n in ("seen", "unseen")
+        ]
+        lines.append(f"| {r.intrinsic_dim} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| d_I | target | seen | untrained | IST | full | recovery | gain recovery |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in ordered:
+        for row in r.rows:
+            untrained = "—" if row.untrained is None else f"{100 * row.untrained:.1f}"
+            lines.append(
+                f"| {r.intrinsic_dim} | {row.key} | {'yes' if row.seen else 'no'} | {untrained} "
+                f"| {100 * row.ist:.1f} | {100 * row.full:.1f} | {pct(row.recovery)} "
+                f"| {pct(row.gain_recovery)} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def plot_recovery_vs_dim(

@@ -70,6 +70,7 @@ from promptatlas.report.compose import (
     comparison_table,
     plot_intrinsic_pca,
     plot_recovery_vs_dim,
+    recovery_markdown,
     write_comparison_csv,
     write_recovery_csv,
 )
@@ -511,6 +512,7 @@ class _Study:
             for t in cfg.targets + tuple(u for u in ipt.unseen if u not in cfg.targets)
         }
         full = {k: self._stored_score(k) for k in targets}
+        untrained = {k: u for k in targets if (u := self._stored_untrained(k)) is not None}
         result = ipt_recovery(
             handle,
             subspace,
@@ -522,6 +524,7 @@ class _Study:
             pt_train=dataclasses.replace(cfg.compose.pt, seed=ipt.tune.seed),
             eval_config=cfg.eval,
             autocast=autocast,
+            untrained_scores=untrained,
         )
         write_json_atomic(
             out / "recovery.json",
@@ -561,6 +564,20 @@ class _Study:
                     return float(score)
         raise ExperimentError(f"the source prompt {key} in {self.cfg.bank} has no test score")
 
+    def _stored_untrained(self, key: str) -> float | None:
+        """The untrained prompt's test score stored with the source prompt ``key`` (None
+        where its training did not evaluate the untrained prompt)."""
+        from promptatlas.bank import list_prompts
+
+        task, lang = key.rsplit("-", 1)
+        seed = self.cfg.compose.sources.seeds[0]
+        for _, meta in list_prompts(self.cfg.bank):
+            if (meta.task, meta.lang) == (task, lang) and meta.seed in (seed, None):
+                score = (meta.metrics.get("untrained_test") or {}).get("score")
+                if score is not None:
+                    return float(score)
+        return None
+
 
 def _recovery_results(cfg: CompositionConfig) -> list[RecoveryResult]:
     from promptatlas.compose import RecoveryRow
@@ -572,7 +589,8 @@ def _recovery_results(cfg: CompositionConfig) -> list[RecoveryResult]:
             continue
         data = json.loads(path.read_text(encoding="utf-8"))
         rows = [
-            RecoveryRow(**{k: v for k, v in r.items() if k != "recovery"}) for r in data["rows"]
+            RecoveryRow(**{k: v for k, v in r.items() if k not in ("recovery", "gain_recovery")})
+            for r in data["rows"]
         ]
         out.append(RecoveryResult(int(data["intrinsic_dim"]), rows, data["seen"], data["unseen"]))
     return out
@@ -596,19 +614,23 @@ def write_report(cfg: CompositionConfig, log: Callable[[str], Any] = print) -> l
         )
     )
     parts = [f"# {cfg.name}: {cfg.model}\n"]
-    for lang in cfg.langs:
+    for lang in cfg.langs if cfg.compose.methods else ():  # no methods: IPT only
         methods = [m for m in COMPOSE_METHODS if m in cfg.compose.methods]  # Table 1 order
         table = comparison_table(scores, methods=methods, lang=lang, tasks=cfg.targets)
         written.append(write_comparison_csv(table, report / f"comparison-{lang}.csv"))
         text = comparison_markdown(table, paper=True)
         parts.append(f"\n## {lang} (×100; mean ± std over seeds {list(cfg.seeds)})\n\n{text}")
         log(f"[{cfg.name}] {lang}\n{text}")
-    md = report / "comparison.md"
     from promptatlas.io import write_text_atomic
 
+    results = _recovery_results(cfg)
+    if results:
+        text = recovery_markdown(results)
+        parts.append(f"\n## IPT recovery (×100)\n\n{text}")
+        log(f"[{cfg.name}] IPT recovery\n{text}")
+    md = report / "comparison.md"
     write_text_atomic(md, "".join(parts))
     written.append(md)
-    results = _recovery_results(cfg)
     if results:
         written.append(write_recovery_csv(results, report / "recovery.csv"))
         written.append(plot_recovery_vs_dim(results, report / "recovery-vs-dim.png"))
