@@ -222,3 +222,7 @@ def test_shipped_composition_configs() -> None:
     assert set(gpu.compose.ipt.dims) == {1, 2, 5, 10, 25}
     small = load_composition(CONFIGS / "compose-small.yaml")
     assert small.compose.amp == cpu.compose.amp and small.langs == ("en",)
+    ipt = load_composition(CONFIGS / "ipt-dims.yaml")
+    assert ipt.compose.methods == () and ipt.compose.ipt is not None
+    assert ipt.compose.ipt.dims == (1, 2, 5, 10, 25) and ipt.compose.ipt.unseen == ("tc",)
+    assert ipt.compose.sources.bank == "results/indicators-grid/bank"
