@@ -457,7 +457,12 @@ def grid_indicators(
     )
     for k in ranking[:10]:
         c = correlations[k]
-        log(f"{k:14s} ρ mean {c.mean:+.3f} ± {c.std:.3f}  pooled {c.pooled:+.3f} (n={c.n_pairs})")
+        per_target = (
+            f"ρ mean {c.mean:+.3f} ± {c.std:.3f}"
+            if math.isfinite(c.mean)
+            else "ρ per target: none (a target needs two sources)"
+        )
+        log(f"{k:14s} {per_target}  pooled {c.pooled:+.3f} (n={c.n_pairs})")
     return GridIndicators(values, grid.transfer, correlations, ranking)
 
 
