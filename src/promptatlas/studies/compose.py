@@ -553,27 +553,26 @@ class _Study:
         self.log(f"    seen {result.seen} unseen {result.unseen}")
 
     def _stored_score(self, key: str) -> float:
-        from promptatlas.bank import list_prompts
-
-        task, lang = key.rsplit("-", 1)
-        seed = self.cfg.compose.sources.seeds[0]
-        for _, meta in list_prompts(self.cfg.bank):
-            if (meta.task, meta.lang) == (task, lang) and meta.seed in (seed, None):
-                score = (meta.metrics.get("test") or {}).get("score")
-                if score is not None:
-                    return float(score)
-        raise ExperimentError(f"the source prompt {key} in {self.cfg.bank} has no test score")
+        score = self._stored_metric(key, "test")
+        if score is None:
+            raise ExperimentError(f"the source prompt {key} in {self.cfg.bank} has no test score")
+        return score
 
     def _stored_untrained(self, key: str) -> float | None:
         """The untrained prompt's test score stored with the source prompt ``key`` (None
         where its training did not evaluate the untrained prompt)."""
+        return self._stored_metric(key, "untrained_test")
+
+    def _stored_metric(self, key: str, name: str) -> float | None:
+        """The score under metrics[``name``] of the bank's source prompt ``key`` ("task-lang")
+        of the first source seed (None when no such prompt stores it)."""
         from promptatlas.bank import list_prompts
 
         task, lang = key.rsplit("-", 1)
         seed = self.cfg.compose.sources.seeds[0]
         for _, meta in list_prompts(self.cfg.bank):
             if (meta.task, meta.lang) == (task, lang) and meta.seed in (seed, None):
-                score = (meta.metrics.get("untrained_test") or {}).get("score")
+                score = (meta.metrics.get(name) or {}).get("score")
                 if score is not None:
                     return float(score)
         return None
