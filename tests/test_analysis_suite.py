@@ -72,6 +72,14 @@ def tiny_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "perturb": {"ps": [0.05, 0.1], "n_random": 2},
             },
             "indicators": {"test_limit": 4, "train_limit": 12, "dev_limit": 8},
+            "compose": {
+                "amp": {"steps": 2, "batch_size": 4},
+                "ipt": {
+                    "target": "nli-en",
+                    "fit": {"steps": 5, "batch_size": 2},
+                    "tune": {"steps": 2, "batch_size": 4},
+                },
+            },
         },
     }
     path = tmp / "g.yaml"
@@ -142,6 +150,76 @@ def test_grid_analysis_skill_neurons_and_indicators(tiny_grid: Path) -> None:
     assert pairs[("v1/s1/sa-en", "v1/s1/sa-ko")]["kind"] == "cross_language"
     ranked = json.loads((tiny_grid / "atlas" / "indicators" / "indicators.json").read_text())
     assert {"cos_flat", "on_all", "skill_overlap"} <= set(ranked["correlations"])
+
+
+def test_grid_analysis_composition(tiny_grid: Path) -> None:
+    """``analysis.compose``: AMP over the grid's own English v1 prompts (the v2 prompts of the
+    same tasks are not sources) and IST of NLI-en in a subspace fitted on every own v1 prompt,
+    each compared with the stored own and untrained scores on the same test examples."""
+    from promptatlas.bank import read_metadata
+
+    out = tiny_grid / "atlas" / "compose"
+    result = json.loads((out / "composition.json").read_text())
+    bank = tiny_grid / "bank"
+    own = {k: read_metadata(bank / f"{k}-v1-s1").metrics for k in ("sa-en", "nli-en")}
+    assert [c["key"] for c in result["amp"]] == ["sa-en", "nli-en"]
+    for c in result["amp"]:
+        stored = own[c["key"]]
+        assert c["own"] == pytest.approx(stored["test"]["score"])
+        assert c["untrained"] == pytest.approx(stored["untrained_test"]["score"])
+        assert c["n"] == 4  # the grid's test_limit: the paired intervals use the same examples
+        assert c["minus_own"]["value"] == pytest.approx(c["score"] - c["own"])
+        assert c["minus_untrained"]["value"] == pytest.approx(c["score"] - c["untrained"])
+        assert c["minus_own"]["low"] <= c["minus_own"]["value"] <= c["minus_own"]["high"]
+    assert result["attention_keys"] == ["nli-en", "sa-en"]
+    assert all(sum(row) == pytest.approx(1.0) for row in result["attention"])
+    composed = sorted((out / "amp-en" / "prompts").iterdir())
+    assert [p.name for p in composed] == ["nli-en-amp-s42", "sa-en-amp-s42"]
+    assert {read_metadata(p).prompt["method"] for p in composed} == {"v1"}
+    ipt = result["ipt"]
+    assert result["ipt_fitted"] == ["sa-en", "nli-en", "sa-ko", "nli-ko"]
+    assert result["ipt_seen"] is True and result["ipt_dim"] == 2
+    assert ipt["key"] == "nli-en" and ipt["own"] == pytest.approx(own["nli-en"]["test"]["score"])
+    assert ipt["minus_own"]["value"] == pytest.approx(ipt["score"] - ipt["own"])
+    if ipt["own"]:
+        assert ipt["recovery"] == pytest.approx(ipt["score"] / ipt["own"])
+    tuned = read_metadata(out / "ipt-d2" / "nli-en-ist")
+    assert tuned.metrics["test"]["score"] == pytest.approx(ipt["score"])
+    assert (out / "ipt-d2" / "subspace" / "subspace.safetensors").is_file()
+    text = (out / "composition.md").read_text()
+    assert "## AMP (en: attention over nli-en, sa-en)" in text and "## IPT (d_I = 2" in text
+
+
+@pytest.mark.parametrize(
+    ("compose", "message"),
+    [
+        ({"lang": "ko"}, r"AMP needs two or more own prompts of one language.*\['sa'\] in 'ko'"),
+        ({"tasks": ["sa", "tc"]}, r"analysis.compose.tasks: the grid trains no own en prompt"),
+        ({"amp": None, "ipt": {"target": "tc-en"}}, r"ipt.target: 'tc-en' is not an own prompt"),
+        ({"ipt": {"unseen": True, "target": "sa-en"}, "lang": "en"}, r"the fit needs two or more"),
+        ({"amp": {"stepz": 3}}, r"stepz"),
+    ],
+)
+def test_composition_analysis_fails_at_load(
+    tmp_path: Path, compose: dict[str, Any], message: str
+) -> None:
+    data = {
+        "name": "g",
+        "model": "tiny-llama",
+        "out": str(tmp_path / "out"),
+        "tasks": ["sa", "nli"],
+        "langs": ["en", "ko"],
+        "skip": ["nli-ko"],
+        "methods": {"v1": {"method": "v1"}},
+        "transfer": {},
+        "analysis": {"compose": compose},
+    }
+    if "unseen" in str(compose):
+        data["skip"] = ["nli-ko", "sa-ko"]  # sa-en, nli-en: one left once sa-en is unseen
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        load_grid(path)
 
 
 def test_skill_analysis_of_an_untrained_prompt_fails_at_load(tmp_path: Path) -> None:

@@ -116,3 +116,79 @@ def test_recovery_csv_and_figures(tmp_path: Path) -> None:
     assert one.exists()
     with pytest.raises(ValueError):
         plot_intrinsic_pca(vectors, tasks[:2], langs, tmp_path / "x.png")
+
+
+def _summary(correct: list[int]) -> dict[str, object]:
+    """A stored test summary of an accuracy task: gold 1 everywhere, pred 1 where correct."""
+    return {
+        "score": sum(correct) / len(correct),
+        "examples": {"kind": "accuracy", "preds": correct, "golds": [1] * len(correct)},
+    }
+
+
+def test_compare_to_own_hand_case() -> None:
+    """10 examples: composed 8 right, own 9 right, untrained 5 right → differences −10 and
+    +30 points (paired on the same examples), recovery 8/9, gain recovery (8−5)/(9−5) = .75."""
+    from promptatlas.compose import compare_to_own
+
+    composed = _summary([1] * 8 + [0] * 2)
+    score = MethodScore("amp", "sa", "en", 42, 0.8, 0.5, 1.0, 10, summary=composed)
+    c = compare_to_own(score, _summary([1] * 9 + [0]), _summary([1] * 5 + [0] * 5))
+    assert (c.own, c.untrained) == (0.9, 0.5)
+    assert c.minus_own is not None and c.minus_untrained is not None
+    assert c.minus_own["value"] == pytest.approx(-0.1)
+    assert c.minus_untrained["value"] == pytest.approx(0.3)
+    assert c.minus_own["low"] <= -0.1 <= c.minus_own["high"]
+    assert c.recovery == pytest.approx(8 / 9) and c.gain_recovery == pytest.approx(0.75)
+    # Scored on other examples (another test_limit): no paired difference, not a wrong one.
+    other = compare_to_own(score, _summary([1] * 12), None)
+    assert other.minus_own is None and other.untrained is None and other.gain_recovery is None
+
+
+def test_own_composition_markdown() -> None:
+    from promptatlas.compose import OwnComposition, ScoreComparison
+    from promptatlas.report.compose import own_composition_markdown
+
+    diff = {"value": -0.1, "low": -0.25, "high": 0.05, "significant": False}
+    gain = {"value": 0.3, "low": 0.1, "high": 0.5, "significant": True}
+    c = ScoreComparison("amp", "sa-en", 0.8, 0.55, 0.95, 10, 0.9, 0.5, diff, gain)
+    ist = ScoreComparison("ipt", "nli-en", 0.4, 0.3, 0.5, 10, 0.6, 0.2, None, None)
+    result = OwnComposition(
+        model="m", amp_lang="en", amp=[c], attention=[[0.25, 0.75], [0.5, 0.5]],
+        attention_keys=["nli-en", "sa-en"], ipt=ist, ipt_dim=2,
+        ipt_fitted=["sa-en", "nli-en"], ipt_seen=True, ipt_reconstruction_mse=0.0314,
+    )  # fmt: skip
+    text = own_composition_markdown(result)
+    assert "| sa-en | 50.0 | 90.0 | 80.0 [55.0, 95.0] | -10.0 [-25.0, +5.0] " in text
+    assert "| +30.0* [+10.0, +50.0] | 89% | 75% |" in text
+    assert "| sa-en | 0.75 | 0.50 |" not in text and "| nli-en | 0.25 | 0.75 |" in text
+    assert "## IPT (d_I = 2; fitted on sa-en, nli-en; reconstruction MSE 0.031)" in text
+    assert "| nli-en | 20.0 | 60.0 | 40.0 [30.0, 50.0] | — | — | 67% | 50% |" in text
+
+
+def test_each_composition_target_reads_its_own_prompts_format() -> None:
+    """A bank with a cue template on SA beside NLI in the plain format: each target gets the
+    format stored with its own prompt (lowest seed); a given format overrides all."""
+    from types import SimpleNamespace
+
+    from promptatlas.formatting import FormatConfig
+    from promptatlas.runs.compose import _target_formats
+
+    cue, plain = FormatConfig(template="{text}\nSentiment:"), FormatConfig()
+
+    def meta(task: str, lang: str, seed: int, fmt: FormatConfig) -> tuple[None, object]:
+        return None, SimpleNamespace(
+            task=task, lang=lang, seed=seed, run=SimpleNamespace(format=fmt)
+        )
+
+    metas = [
+        meta("sa", "en", 43, plain),
+        meta("sa", "en", 42, cue),
+        meta("nli", "en", 42, plain),
+        meta("sa", "ko", 42, plain),
+    ]
+    fallback = FormatConfig(max_length=17)
+    got = _target_formats(metas, "en", ("sa", "nli", "sts"), None, fallback)
+    assert got == {"sa-en": cue, "nli-en": plain, "sts-en": fallback}
+    given = FormatConfig(max_length=19)
+    assert set(_target_formats(metas, "en", ("sa", "nli"), given, fallback).values()) == {given}

@@ -35,6 +35,7 @@ from promptatlas.compose.common import (
     score_prompt,
     sources_from_bank,
 )
+from promptatlas.compose.comparison import OwnComposition, ScoreComparison, compare_to_own
 from promptatlas.compose.ipt import (
     IntrinsicSubspace,
     IPTConfig,
@@ -89,11 +90,13 @@ __all__ = [
     "ISTResult",
     "IntrinsicSubspace",
     "MethodScore",
+    "OwnComposition",
     "PromptAttention",
     "PromptAutoencoder",
     "PromptTuningResult",
     "RecoveryResult",
     "RecoveryRow",
+    "ScoreComparison",
     "Source",
     "SpotConfig",
     "TaskData",
@@ -101,6 +104,7 @@ __all__ = [
     "attention_weights",
     "build_attention",
     "compare_methods",
+    "compare_to_own",
     "cos_tok",
     "dam_scores",
     "dam_scores_blockwise",

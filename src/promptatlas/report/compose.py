@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from promptatlas.compose import MethodScore, RecoveryResult
+from promptatlas.compose import MethodScore, OwnComposition, RecoveryResult, ScoreComparison
 from promptatlas.evaluation.confidence import SeedSummary, seed_summary
 from promptatlas.io import write_csv_atomic, write_text_atomic
 from promptatlas.report.figures import annotated_heatmap, save_figure, subplots
@@ -292,6 +292,80 @@ def recovery_markdown(results: Sequence[RecoveryResult]) -> str:
                 f"| {100 * row.ist:.1f} | {100 * row.full:.1f} | {pct(row.recovery)} "
                 f"| {pct(row.gain_recovery)} |"
             )
+    return "\n".join(lines) + "\n"
+
+
+def _diff(estimate: Mapping[str, Any] | None) -> str:
+    """A paired difference as "+3.1 [−0.5, +6.8]" (points), with * when significant."""
+    if estimate is None:
+        return "—"
+    mark = "*" if estimate.get("significant") else ""
+    value, low, high = (100 * float(estimate[k]) for k in ("value", "low", "high"))
+    return f"{value:+.1f}{mark} [{low:+.1f}, {high:+.1f}]"
+
+
+def _points(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def _with_ci(c: ScoreComparison) -> str:
+    if c.low is None or c.high is None:
+        return _points(c.score)
+    return f"{100 * c.score:.1f} [{100 * c.low:.1f}, {100 * c.high:.1f}]"
+
+
+def own_composition_markdown(result: OwnComposition) -> str:
+    """A grid's composition step as markdown: AMP's composed prompts and the IST prompt, each
+    beside its target's own and untrained prompts, with the paired differences (points; *: the
+    95% interval excludes 0) and, for IST, recovery and gain recovery."""
+
+    def pct(value: float | None) -> str:
+        return "—" if value is None or not math.isfinite(value) else f"{100 * value:.0f}%"
+
+    lines = [f"# Composition of the own prompts ({result.model})", ""]
+    header = (
+        "| target | untrained | own prompt | {m} [95% CI] | {m} − own | {m} − untrained |"
+        " recovery | gain recovery |\n|---|---|---|---|---|---|---|---|"
+    )
+    if result.amp:
+        lines += [
+            f"## AMP ({result.amp_lang}: attention over {', '.join(result.attention_keys)})",
+            "",
+            header.format(m="AMP"),
+        ]
+        for c in result.amp:
+            lines.append(
+                f"| {c.key} | {_points(c.untrained)} | {_points(c.own)} | {_with_ci(c)} "
+                f"| {_diff(c.minus_own)} | {_diff(c.minus_untrained)} | {pct(c.recovery)} "
+                f"| {pct(c.gain_recovery)} |"
+            )
+        if result.attention is not None:
+            keys = result.attention_keys
+            lines += ["", "Attention (rows: targets, columns: sources):", ""]
+            lines += ["| | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+            for key, row in zip(keys, result.attention, strict=False):
+                lines.append(f"| {key} | " + " | ".join(f"{w:.2f}" for w in row) + " |")
+        lines.append("")
+    if result.ipt is not None:
+        c = result.ipt
+        seen = "seen: in the fit" if result.ipt_seen else "unseen: left out of the fit"
+        mse = result.ipt_reconstruction_mse
+        lines += [
+            f"## IPT (d_I = {result.ipt_dim}; fitted on {', '.join(result.ipt_fitted)}; "
+            f"reconstruction MSE {'—' if mse is None else f'{mse:.3f}'})",
+            "",
+            f"Intrinsic subspace tuning of {c.key} ({seen}): only z trains.",
+            "",
+            header.format(m="IST"),
+            f"| {c.key} | {_points(c.untrained)} | {_points(c.own)} | {_with_ci(c)} "
+            f"| {_diff(c.minus_own)} | {_diff(c.minus_untrained)} | {pct(c.recovery)} "
+            f"| {pct(c.gain_recovery)} |",
+            "",
+        ]
+    lines.append(
+        "Scores in points (test); differences are paired on the same test examples; "
+        "recovery = composed / own, gain recovery = (composed − untrained) / (own − untrained)."
+    )
     return "\n".join(lines) + "\n"
 
 

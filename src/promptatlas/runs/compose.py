@@ -119,7 +119,9 @@ class ComposeRunConfig(ConfigBase):
         SPoT-s weighs the sources by their similarity to it, and its frozen segments are the
         targets' template). source_tasks: which bank tasks are sources (default: every task
         prompt of ``lang``). source_seed: which seed's prompt of a task (default the lowest).
-    format / eval: None = the sources' own (from their metadata).
+        source_method: only prompts of this method ("v1", "v2"; default any).
+    format / eval: None = the stored ones (format: each target prompt's own; eval: the first
+        prompt's).
     pt: prompt tuning of PT and both SPoT variants; amp / attempt: their settings;
     spot_source: SPoT-m's source ("task" or "task-lang"; default NLI in ``lang``).
     seed: every method's seed (overrides the seeds in pt / amp / attempt).
@@ -134,6 +136,7 @@ class ComposeRunConfig(ConfigBase):
     model: str | None = None
     source_tasks: tuple[str, ...] | None = None
     source_seed: int | None = None
+    source_method: str | None = None
     pt: TrainConfig = field(default_factory=TrainConfig)
     amp: AMPConfig = field(default_factory=AMPConfig)
     attempt: AttemptConfig = field(default_factory=AttemptConfig)
@@ -190,10 +193,17 @@ class ComposeRunResult:
 # -- inputs ---------------------------------------------------------------------------------------
 
 
-def _bank_metas(root: str | Path, langs: Sequence[str] | None, tasks: Sequence[str] | None) -> list:
+def _bank_metas(
+    root: str | Path,
+    langs: Sequence[str] | None,
+    tasks: Sequence[str] | None,
+    method: str | None = None,
+) -> list:
     found = []
     for path, meta in list_prompts(root):
         if meta.task is None or meta.lang is None:
+            continue
+        if method is not None and meta.prompt.get("method") != method:
             continue
         if langs is not None and meta.lang not in langs:
             continue
@@ -232,6 +242,29 @@ def bank_inputs(
     if model is None and len(models) > 1:
         raise ComposeError(f"the bank {root} holds prompts of several models {models}; give one")
     return model or models[0], found[0][1].run
+
+
+def _target_formats(
+    metas: Sequence[Any],
+    lang: str,
+    tasks: Sequence[str],
+    given: FormatConfig | None,
+    fallback: FormatConfig,
+) -> dict[str, FormatConfig]:
+    """The input format of each target ("task-lang" → format): ``given`` for all when set,
+    else the format stored with the target's own prompt (``metas``: the bank's prompts as
+    (path, metadata); the lowest seed's)."""
+    if given is not None:
+        return {f"{t}-{lang}": given for t in tasks}
+    stored: dict[str, tuple[int, FormatConfig]] = {}
+    for _, meta in metas:
+        if meta.lang != lang or meta.task not in tasks:
+            continue
+        seed = meta.seed if meta.seed is not None else -1
+        key = f"{meta.task}-{meta.lang}"
+        if key not in stored or seed < stored[key][0]:
+            stored[key] = (seed, meta.run.format)
+    return {f"{t}-{lang}": stored.get(f"{t}-{lang}", (0, fallback))[1] for t in tasks}
 
 
 def pick_sources(sources: Sequence[Source], seed: int | None = None) -> list[Source]:
@@ -300,7 +333,8 @@ def compose_run(
     target = _check_run_folder(Path(out), "run.json", overwrite, "composition run folder")
     wanted = cfg.source_tasks
     model, stored = bank_inputs(cfg.sources, langs=[cfg.lang], tasks=wanted, model=cfg.model)
-    present = {f"{m.task}-{m.lang}" for _, m in _bank_metas(cfg.sources, [cfg.lang], wanted)}
+    metas = _bank_metas(cfg.sources, [cfg.lang], wanted, cfg.source_method)
+    present = {f"{m.task}-{m.lang}" for _, m in metas}
     absent = [t for t in cfg.tasks if f"{t}-{cfg.lang}" not in present]
     if absent:  # before the model loads
         raise ComposeError(
@@ -309,7 +343,10 @@ def compose_run(
         )
     handle = handle or load_model(model, device=cfg.device)
     sources = pick_sources(
-        sources_from_bank(cfg.sources, handle, tasks=wanted, langs=[cfg.lang]), cfg.source_seed
+        sources_from_bank(
+            cfg.sources, handle, tasks=wanted, langs=[cfg.lang], method=cfg.source_method
+        ),
+        cfg.source_seed,
     )
     if not sources:
         raise _no_prompts(cfg.sources, f"task prompts of {cfg.lang} for {handle.name}")
@@ -320,13 +357,15 @@ def compose_run(
             f"target task(s) {missing} have no source prompt of {cfg.lang} in {cfg.sources} "
             f"(sources: {keys}); every target needs its own task prompt there"
         )
-    fmt = cfg.format or stored.format
+    # Each target reads its inputs as its own prompt did (a bank may hold a task with a cue
+    # template beside tasks in the plain format), unless cfg.format says otherwise.
+    fmts = _target_formats(metas, cfg.lang, cfg.tasks, cfg.format, stored.format)
     eval_cfg = cfg.eval or stored.eval
     autocast = autocast_dtype(cfg.precision, handle.device)
     data: dict[str, TaskData] = {
-        f"{t}-{cfg.lang}": load_task_data(
+        k: load_task_data(
             handle,
-            t,
+            k.rsplit("-", 1)[0],
             cfg.lang,
             data_dir=cfg.data_dir,
             train_limit=cfg.train_limit,
@@ -334,7 +373,7 @@ def compose_run(
             test_limit=cfg.test_limit,
             fmt=fmt,
         )
-        for t in cfg.tasks
+        for k, fmt in fmts.items()
     }
     own = {s.key: s for s in sources}
     seed = cfg.seed
@@ -405,12 +444,15 @@ def compose_run(
             histories[k] = res.train.history
             plain[k] = (res.prompt, {"init": res.init})
     env = _environment(cfg.precision, handle)
+    first = next(iter(fmts.values()))
     config = {
         **cfg.to_dict(),
-        "format": dataclasses.asdict(fmt),
+        "format": dataclasses.asdict(first),
         "eval": dataclasses.asdict(eval_cfg),
         "resolved_precision": env["resolved_precision"],
     }
+    if any(f != first for f in fmts.values()):
+        config["format_by_target"] = {k: dataclasses.asdict(f) for k, f in fmts.items()}
     by_key = {s.key: s for s in result.scores}
     for k, (prompt, info) in plain.items():
         score = by_key.get(k)
@@ -424,7 +466,7 @@ def compose_run(
             lang=lang,
             seed=seed,
             metrics=metrics,
-            config=config,
+            config={**config, "format": dataclasses.asdict(fmts[k])},
             extra={"compose": {"method": cfg.method, "sources": keys, **info}},
             overwrite=True,
         )

@@ -65,6 +65,7 @@ from promptatlas.studies.experiment import (
     experiment_from_mapping,
     read_yaml,
 )
+from promptatlas.studies.grid_compose import GridCompositionSpec
 from promptatlas.tasks import get_task
 from promptatlas.training import TrainConfig
 from promptatlas.transfer.subprompts import LanguagePromptConfig, train_language_prompt
@@ -207,7 +208,9 @@ class AnalysisSpec(ConfigBase):
     skill: when given, the skill neurons of one own prompt and their perturbation curve
     (:class:`SkillAnalysisSpec`, ``<out>/atlas/skill``).
     indicators: when given, the transferability indicators of the own prompts against their
-    zero-shot transfer (:class:`IndicatorAnalysisSpec`, ``<out>/atlas/indicators``)."""
+    zero-shot transfer (:class:`IndicatorAnalysisSpec`, ``<out>/atlas/indicators``).
+    compose: when given, AMP over the own prompts of one language and one IPT recovery number
+    (:class:`~promptatlas.studies.grid_compose.GridCompositionSpec`, ``<out>/atlas/compose``)."""
 
     n_examples: int = 64
     batch_size: int = 16
@@ -215,9 +218,16 @@ class AnalysisSpec(ConfigBase):
     compression: Mapping[str, Any] | None = None
     skill: SkillAnalysisSpec | None = None
     indicators: IndicatorAnalysisSpec | None = None
+    compose: GridCompositionSpec | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.compose is not None:
+            object.__setattr__(
+                self,
+                "compose",
+                from_dict(GridCompositionSpec, self.compose, path="analysis.compose"),
+            )
         if self.n_examples < 2 or self.batch_size < 1:
             raise ExperimentError("analysis: n_examples ≥ 2 and batch_size ≥ 1 are required")
         if self.skill is not None:
@@ -295,6 +305,23 @@ class GridConfig(ConfigBase):
                 )
         if self.analysis is not None and self.analysis.skill is not None:
             self.skill_cell()  # fails early on a prompt the grid does not train
+        if self.analysis is not None and self.analysis.compose is not None:
+            # Fails early on tasks, languages or an IPT target the grid has no own prompt for.
+            self.analysis.compose.plan(self.own_prompts(), self.experiment.langs)
+
+    def own_prompts(self) -> dict[str, Path]:
+        """The grid's own task prompts of its first method and seed ("task-lang" → prompt
+        directory), in the order of its tasks and languages."""
+        exp = self.experiment
+        method, seed = next(iter(exp.methods)), exp.seeds[0]
+        cells = set(self.cells())
+        out: dict[str, Path] = {}
+        for lang in exp.langs:
+            for task in exp.tasks:
+                cell = Cell(CellKind.BASELINE, method, seed, lang, task=task)
+                if cell in cells:
+                    out[f"{task}-{lang}"] = self.path(cell)
+        return out
 
     def skill_cell(self) -> Cell:
         """The own-prompt cell whose skill neurons ``analysis.skill`` finds."""
@@ -1114,6 +1141,8 @@ def _analyse(
                 handle=runner.handle,
                 log=lambda line: log(f"  {line}"),
             )
+        if spec.compose is not None:
+            _composition(grid, spec.compose, atlas / "compose", runner.handle, log)
         db.record(
             kind="grid-analysis",
             model=grid.experiment.model,
@@ -1162,6 +1191,37 @@ def _skill_neurons(
     find_neurons(prompt_dir, where / "find", find, handle=handle, log=indented)
     perturb_neurons_run(
         prompt_dir, where / "find", where / "perturb", perturb, handle=handle, log=indented
+    )
+
+
+def _composition(
+    grid: GridConfig,
+    spec: GridCompositionSpec,
+    out: Path,
+    handle: ModelHandle,
+    log: Callable[[str], Any],
+) -> None:
+    """AMP over the grid's own prompts of one language and one IPT recovery number."""
+    from promptatlas.studies.grid_compose import compose_own_prompts
+
+    exp = grid.experiment
+    name = next(iter(exp.methods))
+    method = exp.methods[name].method
+    log(f"[{grid.name}] composition of the grid's own prompts → {out}")
+    compose_own_prompts(
+        grid.out / "bank",
+        grid.own_prompts(),
+        out,
+        spec,
+        langs=exp.langs,
+        handle=handle,
+        seed=exp.seeds[0],
+        method=method,
+        data_dir=exp.data_dir,
+        precision=exp.precision,
+        dev_limit=exp.dev_limit,
+        test_limit=exp.test_limit,
+        log=lambda line: log(f"  {line}"),
     )
 
 
