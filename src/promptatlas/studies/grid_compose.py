@@ -291,7 +291,7 @@ def compose_own_prompts(
         c = result.ipt
         log(
             f"  {target}: IST {_pct(c.score)}, own {_pct(c.own)}, untrained {_pct(c.untrained)}; "
-            f"recovery {_pct(c.recovery)}, gain recovery {_pct(c.gain_recovery)}"
+            f"recovery {_share(c.recovery)}, gain recovery {_share(c.gain_recovery)}"
         )
     write_json_atomic(
         out / "composition.json",
@@ -308,3 +308,7 @@ def compose_own_prompts(
 
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
+
+
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.0f}%"
