@@ -32,7 +32,8 @@ from promptatlas.training.trainer import (
     TrainConfig,
     TrainConfigError,
     _encode,
-    _micro_batch,
+    accumulate_gradients,
+    apply_update,
     lr_factor,
 )
 
@@ -258,22 +259,10 @@ def _train(
     for step in range(total):
         for d in dropouts:  # the model stays in eval mode; only the adapters' dropout acts
             d.train()
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum = 0.0
-        for micro in range(config.grad_accum):
-            idx = _micro_batch(
-                len(batches.encoded), config.batch_size, config.seed,
-                step * config.grad_accum + micro,
-            )  # fmt: skip
-            loss = batches.loss(plm, idx) / config.grad_accum
-            loss.backward()
-            loss_sum += float(loss.detach())
-        if config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        lr_now = float(scheduler.get_last_lr()[0])
+        loss_sum = accumulate_gradients(plm, batches, config, optimizer, step)
+        lr_now = float(scheduler.get_last_lr()[0])  # the rate this step uses
         record = {"step": float(step + 1), "loss": loss_sum, "lr": lr_now}
-        optimizer.step()
-        scheduler.step()
+        apply_update(params, config, optimizer, scheduler)
         for d in dropouts:
             d.eval()
         if dev and config.eval_every and (step + 1) % config.eval_every == 0:

@@ -454,6 +454,40 @@ class _Checkpoints:
         self.saved_step = state.step
 
 
+def accumulate_gradients(
+    plm: PromptedLM,
+    batches: _Batches,
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+) -> float:
+    """Zero the gradients, then forward and backward the ``config.grad_accum`` micro-batches of
+    ``step`` (each example order a function of the seed and the step); the summed loss. Shared
+    by prompt training and LoRA training."""
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    for micro in range(config.grad_accum):
+        index = step * config.grad_accum + micro
+        idx = _micro_batch(len(batches.encoded), config.batch_size, config.seed, index)
+        loss = batches.loss(plm, idx) / config.grad_accum
+        loss.backward()
+        loss_sum += float(loss.detach())
+    return loss_sum
+
+
+def apply_update(
+    params: Sequence[torch.nn.Parameter],
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> None:
+    """Clip the gradients (``config.max_grad_norm``), then the optimiser and scheduler step."""
+    if config.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+
+
 class _Run:
     """One training run: forward/backward, the optimiser step, the dev check and the record of
     each step. ``phase`` says where an interruption landed ("gradients", "commit", "finish",
@@ -497,23 +531,11 @@ class _Run:
 
     def gradients(self, step: int) -> float:
         """Forward and backward of one step; nothing that a checkpoint holds changes here."""
-        cfg = self.config
-        self.optimizer.zero_grad(set_to_none=True)
-        loss_sum = 0.0
-        for micro in range(cfg.grad_accum):
-            index = step * cfg.grad_accum + micro
-            idx = _micro_batch(len(self.batches.encoded), cfg.batch_size, cfg.seed, index)
-            loss = self.batches.loss(self.plm, idx) / cfg.grad_accum
-            loss.backward()
-            loss_sum += float(loss.detach())
-        return loss_sum
+        return accumulate_gradients(self.plm, self.batches, self.config, self.optimizer, step)
 
     def commit(self, step: int, loss_sum: float) -> None:
         """The optimiser and scheduler step; the step is then pending until it is recorded."""
-        if self.config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
+        apply_update(self.params, self.config, self.optimizer, self.scheduler)
         self.state.step = step + 1
         self.state.pending = {
             "step": step + 1,
