@@ -375,6 +375,8 @@ def load_composition(path: str | Path) -> CompositionConfig:
 def _method_settings(method: str, config: dict[str, Any]) -> dict[str, Any]:
     out = dict(config)
     out.pop("device", None)
+    if out.get("source_method") is None:
+        out.pop("source_method", None)  # unset: keys stay those of studies run before it existed
     uses = {"amp": ("amp",), "attempt": ("attempt",), "spot-m": ("pt", "spot_source")}
     for name in ("pt", "amp", "attempt", "spot_source"):
         if name not in uses.get(method, ("pt",)):
