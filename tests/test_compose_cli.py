@@ -226,3 +226,14 @@ def test_shipped_composition_configs() -> None:
     assert ipt.compose.methods == () and ipt.compose.ipt is not None
     assert ipt.compose.ipt.dims == (1, 2, 5, 10, 25) and ipt.compose.ipt.unseen == ("tc",)
     assert ipt.compose.sources.bank == "results/indicators-grid/bank"
+
+
+def test_unit_settings_without_a_source_method_keep_their_old_form() -> None:
+    """A composition unit's key hashes the settings it reads; ``source_method`` (added later)
+    enters them only when set, so units recorded before it existed are still found done."""
+    from promptatlas.studies.compose import _method_settings
+
+    config = {"method": "amp", "source_method": None, "device": "cpu", "pt": {}, "amp": {"k": 4}}
+    assert _method_settings("amp", config) == {"method": "amp", "amp": {"k": 4}}
+    chosen = _method_settings("amp", {**config, "source_method": "v1"})
+    assert chosen["source_method"] == "v1"
