@@ -61,7 +61,8 @@ def test_comparison_markdown_and_csv(tmp_path: Path) -> None:
     table = comparison_table(_scores(), lang="en")
     text = comparison_markdown(table, paper=True)
     lines = text.splitlines()
-    assert lines[0] == "| task | PT | SPoT-s | SPoT-m | ATTEMPT | AMP |"
+    # SPoT-m has one seed where PT and AMP have two: its header says so.
+    assert lines[0] == "| task | PT | SPoT-s | SPoT-m (1 seed) | ATTEMPT | AMP |"
     assert "| sa | 65.0 ± 7.1 | – | 90.0 | – | 75.0 ± 7.1 |" in lines
     assert lines[-2].startswith("| **mean** | 55.0 ± 7.1 |")
     assert lines[-1].endswith(f"{AMP_TABLE1['mean']['amp']:.1f} |")

@@ -147,8 +147,19 @@ def comparison_markdown(
     table: ComparisonTable, *, scale: float = 100.0, digits: int = 1, paper: bool = False
 ) -> str:
     """A markdown table (×100, mean ± std over seeds; one seed: the value); with ``paper`` the
-    AMP Table 1 means (RoBERTa-base) follow as a last row for reading against."""
-    labels = [METHOD_LABELS.get(m, m) for m in table.methods]
+    AMP Table 1 means (RoBERTa-base) follow as a last row for reading against. A method with
+    fewer seeds than the table's most (an unfinished study) says how many in its header."""
+    seeds = {
+        m: [len(c.values) for t in table.tasks if (c := table.cells.get((t, m))) is not None]
+        for m in table.methods
+    }
+    most = max((n for counts in seeds.values() for n in counts), default=0)
+    labels = []
+    for m in table.methods:
+        label, fewest = METHOD_LABELS.get(m, m), min(seeds[m], default=most)
+        if fewest < most:
+            label += f" ({fewest} seed{'s' if fewest != 1 else ''})"
+        labels.append(label)
     lines = [
         "| task | " + " | ".join(labels) + " |",
         "|---|" + "---|" * len(labels),
