@@ -222,6 +222,10 @@ def test_shipped_composition_configs() -> None:
     assert set(gpu.compose.ipt.dims) == {1, 2, 5, 10, 25}
     small = load_composition(CONFIGS / "compose-small.yaml")
     assert small.compose.amp == cpu.compose.amp and small.langs == ("en",)
+    # the measured table: the small study's settings in both languages with three seeds
+    table = load_composition(CONFIGS / "compose-table.yaml")
+    assert table.compose == small.compose and table.test_limit == small.test_limit
+    assert set(table.langs) == {"en", "ko"} and table.seeds == (42, 43, 44)
     ipt = load_composition(CONFIGS / "ipt-dims.yaml")
     assert ipt.compose.methods == () and ipt.compose.ipt is not None
     assert ipt.compose.ipt.dims == (1, 2, 5, 10, 25) and ipt.compose.ipt.unseen == ("tc",)
