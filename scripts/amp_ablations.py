@@ -22,9 +22,9 @@ Resumable: a variant and seed whose run folder is complete is read back, not rer
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,20 +32,31 @@ from typing import Any
 VARIANTS = ("dam", "max-pool", "k64", "k256", "value-identity")
 
 
-def _run(args: argparse.Namespace, variant: str, seed: int, handle: Any, db: Any) -> Path:
+def _amp_config(args: argparse.Namespace, variant: str) -> Any:
+    """The variant's AMP settings: ``CPU_AMP`` with --steps / --lr where given."""
     from promptatlas.compose import amp_ablations
-    from promptatlas.runs.compose import CPU_AMP, ComposeRunConfig, compose_run
+    from promptatlas.runs.compose import CPU_AMP
+
+    base = dataclasses.replace(
+        CPU_AMP,
+        steps=CPU_AMP.steps if args.steps is None else args.steps,
+        lr=CPU_AMP.lr if args.lr is None else args.lr,
+    )
+    return amp_ablations(base)[variant]
+
+
+def _run(args: argparse.Namespace, variant: str, seed: int, handle: Any, db: Any) -> None:
+    from promptatlas.runs.compose import ComposeRunConfig, compose_run
 
     folder = Path(args.out) / f"{variant}-s{seed}"
     if (folder / "run.json").exists():
-        return folder
-    amp = amp_ablations(dataclasses.replace(CPU_AMP, steps=args.steps, lr=args.lr))[variant]
+        return
     cfg = ComposeRunConfig(
         method="amp",
         sources=args.bank,
         tasks=tuple(args.tasks.split(",")),
         lang=args.lang,
-        amp=amp,
+        amp=_amp_config(args, variant),
         dev_limit=args.dev_limit,
         test_limit=args.test_limit,
         seed=seed,
@@ -54,57 +65,54 @@ def _run(args: argparse.Namespace, variant: str, seed: int, handle: Any, db: Any
     result = compose_run(cfg, folder, handle=handle, db=db, overwrite=True)
     scores = ", ".join(f"{s.key} {100 * s.score:.1f}" for s in result.scores)
     print(f"{variant} seed {seed}: {scores} ({time.perf_counter() - started:.0f} s)", flush=True)
-    return folder
 
 
-def _examples(folder: Path, key: str, seed: int) -> Any:
+def _read_run(folder: Path, keys: list[str], seed: int) -> dict[str, Any]:
+    """A finished run: per target its score row, per-example data and attention row (both
+    from the composed prompt's metadata), and the run's seconds."""
     from promptatlas.bank import read_metadata
     from promptatlas.evaluation.evaluate import stored_examples
 
-    meta = read_metadata(folder / "prompts" / f"{key}-amp-s{seed}")
-    return stored_examples(meta.metrics.get("test"))
-
-
-def _attention(folder: Path) -> dict[str, tuple[str, float]]:
-    """Per target row: the source with the largest weight and that weight."""
-    with open(folder / "attention.csv", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    header = rows[0][1:]
-    out = {}
-    for row in rows[1:]:
-        weights = [float(v) for v in row[1:]]
-        best = max(range(len(weights)), key=weights.__getitem__)
-        out[row[0]] = (header[best], weights[best])
-    return out
+    data = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    scores = {f"{s['task']}-{s['lang']}": s for s in data["scores"]}
+    targets = {}
+    for key in keys:
+        meta = read_metadata(folder / "prompts" / f"{key}-amp-s{seed}")
+        row = meta.extra["compose"]["attention"]
+        source = max(row, key=row.__getitem__)
+        targets[key] = {
+            "score": scores[key],
+            "examples": stored_examples(meta.metrics.get("test")),
+            "attention": (source, row[source]),
+        }
+    return {"targets": targets, "seconds": data["seconds"]}
 
 
 def _summary(args: argparse.Namespace, seeds: list[int]) -> None:
     from promptatlas.evaluation.confidence import paired_bootstrap, seed_summary
+    from promptatlas.io import write_csv_atomic, write_text_atomic
 
     out = Path(args.out)
-    runs: dict[tuple[str, int], dict[str, Any]] = {}
-    for variant in args.variants:
-        for seed in seeds:
-            folder = out / f"{variant}-s{seed}"
-            if (folder / "run.json").exists():
-                data = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-                runs[(variant, seed)] = {
-                    "folder": folder,
-                    "scores": {f"{s['task']}-{s['lang']}": s for s in data["scores"]},
-                    "seconds": data["seconds"],
-                    "attention": _attention(folder),
-                }
     keys = [f"{t}-{args.lang}" for t in args.tasks.split(",")]
+    runs = {
+        (variant, seed): _read_run(out / f"{variant}-s{seed}", keys, seed)
+        for variant in args.variants
+        for seed in seeds
+        if (out / f"{variant}-s{seed}" / "run.json").exists()
+    }
+    if not runs:
+        raise ValueError(f"{out} holds no finished ablation run; run without --summary first")
+    amp = _amp_config(args, "dam")
     lines = [
         f"AMP ablations on {args.bank} ({args.lang}; seeds {', '.join(map(str, seeds))}; "
-        f"{args.steps} steps at lr {args.lr}; {args.test_limit or 'all'} test examples). "
+        f"{amp.steps} steps at lr {amp.lr}; {args.test_limit or 'all'} test examples). "
         "Scores ×100; per seed: score, and variant − dam with its paired 95% interval "
         "(* excludes 0); attention: the largest weight of the target's row and its source.",
         "",
         "| target | variant | mean ± std | per seed: score (− dam [95% CI]) | attention | s/run |",
         "|---|---|---|---|---|---|",
     ]
-    rows = [["target", "variant", "seed", "score", "low", "high", "minus_dam", "d_low", "d_high"]]
+    rows = []
     for key in keys:
         for variant in args.variants:
             done = [s for s in seeds if (variant, s) in runs]
@@ -112,19 +120,19 @@ def _summary(args: argparse.Namespace, seeds: list[int]) -> None:
                 continue
             values, cells, att = [], [], []
             for seed in done:
-                run = runs[(variant, seed)]
-                s = run["scores"][key]
+                target = runs[(variant, seed)]["targets"][key]
+                s = target["score"]
                 values.append(100 * s["score"])
                 cell = f"{100 * s['score']:.1f}"
                 diff = None
-                if variant != "dam" and ("dam", seed) in runs:
-                    a = _examples(run["folder"], key, seed)
-                    b = _examples(runs[("dam", seed)]["folder"], key, seed)
+                dam = runs.get(("dam", seed))
+                if variant != "dam" and dam is not None:
+                    a, b = target["examples"], dam["targets"][key]["examples"]
                     if a is not None and b is not None:
                         diff = paired_bootstrap(a, b)
                         cell += f" ({diff.format(signed=True)})"
                 cells.append(cell)
-                source, weight = run["attention"][key]
+                source, weight = target["attention"]
                 att.append(f"{source} {weight:.2f}")
                 rows.append(
                     [key, variant, seed, s["score"], s["low"], s["high"]]
@@ -136,45 +144,55 @@ def _summary(args: argparse.Namespace, seeds: list[int]) -> None:
                 f"| {key} | {variant} | {summ.mean:.1f} ± {summ.std:.1f} | {'; '.join(cells)} "
                 f"| {'; '.join(att)} | {secs:.0f} |"
             )
-    (out / "ablations.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with open(out / "ablations.csv", "w", encoding="utf-8", newline="") as f:
-        csv.writer(f).writerows(rows)
+    write_text_atomic(out / "ablations.md", "\n".join(lines) + "\n")
+    header = ["target", "variant", "seed", "score", "low", "high", "minus_dam", "d_low", "d_high"]
+    write_csv_atomic(out / "ablations.csv", header, rows)
     print("\n".join(lines))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    from promptatlas.cli import _describe, _user_errors
+
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--bank", required=True, help="a bank folder of task prompts")
     parser.add_argument("--lang", default="en")
     parser.add_argument("--tasks", default="sa,nli", help="target tasks, comma-separated")
     parser.add_argument("--seeds", default="42,43", help="comma-separated")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"from {VARIANTS}")
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--steps", type=int, default=None, help="default: CPU_AMP's")
+    parser.add_argument("--lr", type=float, default=None, help="default: CPU_AMP's")
     parser.add_argument("--dev-limit", type=int, default=64)
     parser.add_argument("--test-limit", type=int, default=200)
     parser.add_argument("--out", required=True)
     parser.add_argument("--summary", action="store_true", help="only write the summary")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",")]
     unknown = sorted(set(args.variants) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    if not args.summary:
-        from promptatlas.bank import ResultsDB
-        from promptatlas.models import load_model
-        from promptatlas.runs.compose import bank_inputs
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
+    try:
+        if not args.summary:
+            from promptatlas.bank import ResultsDB
+            from promptatlas.models import load_model
+            from promptatlas.runs.compose import bank_inputs
 
-        model, _ = bank_inputs(args.bank, langs=[args.lang])
-        handle = load_model(model)
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        db = ResultsDB(Path(args.out) / "results.sqlite")
-        for seed in seeds:  # every variant of a seed before the next seed
-            for variant in args.variants:
-                _run(args, variant, seed, handle, db)
-    _summary(args, seeds)
+            model, _ = bank_inputs(args.bank, langs=[args.lang])
+            handle = load_model(model)
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            db = ResultsDB(Path(args.out) / "results.sqlite")
+            for seed in seeds:  # every variant of a seed before the next seed
+                for variant in args.variants:
+                    _run(args, variant, seed, handle, db)
+        _summary(args, seeds)
+    except _user_errors() as exc:
+        print(f"error: {_describe(exc)}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
