@@ -10,12 +10,17 @@
 * ``shared``: one v1 training step with the prompt run once per batch and shared by the rows
   (``share_prompt=True``, the default in losses and scoring) vs the prompt concatenated to
   every row.
+* ``packed``: v1 training steps of the main job's tasks (SA-en with its cue, NLI-en, SA-ko;
+  the trainer's own seeded micro-batches of 8) with the rows packed into one padding-free
+  sequence (the default of ``rank_loss``) vs right-padded rows; also the largest loss
+  difference between the two.
 
 Prints medians, the ratio (baseline / option; > 1 = the option is faster) and the CPU::
 
     .venv/bin/python benchmarks/step_options.py --what precision
     .venv/bin/python benchmarks/step_options.py --what chunked
     .venv/bin/python benchmarks/step_options.py --what shared
+    .venv/bin/python benchmarks/step_options.py --what packed --reps 8
 """
 
 from __future__ import annotations
@@ -187,16 +192,76 @@ def bench_shared(a: argparse.Namespace) -> None:
     _report(times, "concatenated")
 
 
+def bench_packed(a: argparse.Namespace) -> None:
+    from promptatlas.evaluation.predict import label_suffixes, rank_loss
+    from promptatlas.formatting import EncodedExample, FormatConfig, TaskFormatter, collate
+    from promptatlas.models import load_model
+    from promptatlas.prompts import PromptConfig, PromptedLM, SoftPrompt
+    from promptatlas.tasks import get_task, load_split
+    from promptatlas.training.trainer import _micro_batch
+
+    handle = load_model(a.model)
+    prompt = SoftPrompt(PromptConfig(method="v1", length=30), handle.geometry)
+    prompt.initialise(handle, generator=torch.Generator().manual_seed(0))
+    plm = PromptedLM(handle, prompt)
+    cue = {"template": "{text}\nSentiment:", "separator": "", "target_prefix": " "}
+    tasks = {
+        "sa-en": ("sa", "en", FormatConfig(**cue)),
+        "nli-en": ("nli", "en", FormatConfig(separator="\n")),
+        "sa-ko": ("sa", "ko", FormatConfig(separator="\n")),
+    }
+    totals: dict[str, float] = {"padded": 0.0, "packed": 0.0}
+    for name, (task, lang, fmt_cfg) in tasks.items():
+        fmt = TaskFormatter(handle.tokenizer, get_task(task, lang), fmt_cfg)
+        train = load_split(task, lang, "train")
+        suffixes = label_suffixes(fmt)
+        reserve = max(len(s) for s in suffixes)
+        ctx = [fmt.encode_context(ex, reserve=reserve) for ex in train]
+        golds_all = torch.tensor([fmt.task.labels.index(ex.label) for ex in train])
+        batches = []
+        for i in range(a.reps):
+            idx = _micro_batch(len(train), a.batch, 42, i)
+            items = [EncodedExample(tuple(ctx[j]), len(ctx[j])) for j in idx]
+            batches.append((collate(items, handle.tokenizer.pad_token_id), golds_all[idx]))
+        times: dict[str, list[float]] = {"padded": [], "packed": []}
+        worst = 0.0
+        for r, (batch, golds) in enumerate(batches):
+            losses = {}
+            for variant in ("padded", "packed") if r % 2 == 0 else ("packed", "padded"):
+                plm.can_pack = lambda v=variant: v == "packed"  # type: ignore[method-assign]
+                start = time.perf_counter()
+                loss = rank_loss(plm, batch, golds, suffixes)
+                loss.backward()
+                times[variant].append(time.perf_counter() - start)
+                losses[variant] = loss.item()
+            worst = max(worst, abs(losses["packed"] - losses["padded"]))
+        real = sum(int(b.lengths.sum()) for b, _ in batches)
+        padded_tokens = sum(b.input_ids.numel() for b, _ in batches)
+        print(
+            f"{name}: {a.reps} micro-batches of {a.batch}, {real} real of {padded_tokens} "
+            f"padded tokens; largest |loss packed - padded| {worst:.2e}"
+        )
+        _report(times, "padded")
+        for k in totals:
+            totals[k] += sum(times[k])
+    print(f"all three tasks: padded / packed = {totals['padded'] / totals['packed']:.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--what", choices=("precision", "chunked", "shared"), required=True)
+    p.add_argument("--what", choices=("precision", "chunked", "shared", "packed"), required=True)
     p.add_argument("--model", default="gemma-3-270m")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--tokens", type=int, default=128, help="chunked: tokens per sequence")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     a = p.parse_args()
-    {"precision": bench_precision, "chunked": bench_chunked, "shared": bench_shared}[a.what](a)
+    {
+        "precision": bench_precision,
+        "chunked": bench_chunked,
+        "shared": bench_shared,
+        "packed": bench_packed,
+    }[a.what](a)
 
 
 if __name__ == "__main__":

@@ -125,8 +125,113 @@ def rank_loss(
     after each context), i.e. exactly what :func:`rank_classify` picks from. ``batch`` holds
     contexts only (right-padded); ``golds`` the label indices."""
     batch = batch.to(plm.device)
-    scores = _score_suffixes(plm, batch, suffixes, length_normalise)
+    packs = _packs(plm, batch.lengths.tolist(), suffixes) if plm.can_pack() else None
+    if packs is not None:
+        scores = _score_suffixes_packed(plm, batch, suffixes, length_normalise, packs)
+    else:
+        scores = _score_suffixes(plm, batch, suffixes, length_normalise)
     return F.cross_entropy(scores.float(), golds.to(plm.device))
+
+
+# Most tokens in one packed row: its (tokens × tokens) attention scores stay small.
+PACK_TOKENS = 512
+
+
+def _packs(
+    plm: PromptedLM, lengths: Sequence[int], suffixes: Sequence[Sequence[int]]
+) -> list[list[int]] | None:
+    """Rows of a batch grouped into packs of at most :data:`PACK_TOKENS` tokens (each row's
+    context plus the fed tokens of its multi-token labels), or None where one row alone does
+    not fit (a sliding window shorter than the pack, say): then the padded path is used."""
+    fed = sum(len(s) - 1 for s in suffixes)
+    limit = PACK_TOKENS
+    window = getattr(plm.handle.model.config, "sliding_window", None)
+    if window is not None:
+        # Sliding-window layers keep a window of cache slots: prompt + pack stay inside it.
+        limit = min(limit, int(window) - plm.n_prompt)
+    packs: list[list[int]] = []
+    used = limit + 1
+    for row, n in enumerate(lengths):
+        size = n + fed
+        if size > limit:
+            return None
+        if used + size > limit:
+            packs.append([])
+            used = 0
+        packs[-1].append(row)
+        used += size
+    return packs
+
+
+def _score_suffixes_packed(
+    plm: PromptedLM,
+    batch: Batch,
+    suffixes: Sequence[Sequence[int]],
+    length_normalise: bool,
+    packs: Sequence[Sequence[int]],
+) -> torch.Tensor:
+    """:func:`_score_suffixes` without padding: each pack holds its rows' contexts back to back,
+    each followed by the fed tokens of every multi-token label (tokens 0..n-2 of the label,
+    seeing the context and the label's own earlier tokens), under a block-causal mask
+    (:meth:`PromptedLM.forward_packed`). Same scores as the padded path; the backbone runs
+    only on real tokens, and the context is not repeated per label."""
+    n_rows, n_suf = batch.input_ids.shape[0], len(suffixes)
+    device = plm.device
+    last_rows: list[torch.Tensor] = []  # hidden at each row's last context token
+    fed_rows: list[torch.Tensor] = []  # hidden at each fed label token
+    fed_want: list[int] = []  # the label token it predicts
+    fed_cell: list[int] = []  # row * n_suf + label
+    order: list[int] = []
+    for pack in packs:
+        ids: list[int] = []
+        pos: list[int] = []
+        seq: list[int] = []  # which sequence (row) a token belongs to
+        part: list[int] = []  # -1: context, j: label j's fed tokens
+        last: list[int] = []
+        want: list[tuple[int, int, int]] = []  # (packed index, target token, cell)
+        for row in pack:
+            n = int(batch.lengths[row])
+            ids.extend(batch.input_ids[row, :n].tolist())
+            pos.extend(range(n))
+            seq.extend([row] * n)
+            part.extend([-1] * n)
+            last.append(len(ids) - 1)
+            order.append(row)
+            for j, s in enumerate(suffixes):
+                for u in range(len(s) - 1):
+                    want.append((len(ids), s[u + 1], row * n_suf + j))
+                    ids.append(s[u])
+                    pos.append(n + u)
+                    seq.append(row)
+                    part.append(j)
+        t_seq = torch.tensor(seq, device=device)
+        t_pos = torch.tensor(pos, device=device)
+        t_part = torch.tensor(part, device=device)
+        visible = (
+            (t_seq[:, None] == t_seq[None, :])
+            & (t_pos[None, :] <= t_pos[:, None])
+            & ((t_part[None, :] == -1) | (t_part[None, :] == t_part[:, None]))
+        )
+        hidden = plm.forward_packed(torch.tensor(ids, device=device), visible, t_pos)
+        last_rows.append(hidden[last])
+        if want:
+            fed_rows.append(hidden[[w[0] for w in want]])
+            fed_want.extend(w[1] for w in want)
+            fed_cell.extend(w[2] for w in want)
+    first = torch.tensor([s[0] for s in suffixes], device=device)
+    lp_first = torch.log_softmax(plm.logits(torch.cat(last_rows)).float(), dim=-1)[:, first]
+    scores = torch.empty(n_rows, n_suf, device=device, dtype=lp_first.dtype)
+    scores = scores.index_copy(0, torch.tensor(order, device=device), lp_first)
+    if fed_rows:
+        logp = torch.log_softmax(plm.logits(torch.cat(fed_rows)).float(), dim=-1)
+        token_lp = logp.gather(1, torch.tensor(fed_want, device=device)[:, None])[:, 0]
+        extra = torch.zeros(n_rows * n_suf, device=device).index_add(
+            0, torch.tensor(fed_cell, device=device), token_lp
+        )
+        scores = scores + extra.view(n_rows, n_suf)
+    if length_normalise:
+        scores = scores / torch.tensor([len(s) for s in suffixes], device=device)[None]
+    return scores
 
 
 def target_logprobs(plm: PromptedLM, batch: Batch) -> torch.Tensor:

@@ -236,6 +236,84 @@ class PromptedLM:
         window = getattr(self.handle.model.config, "sliding_window", None)
         return window is None or prompt.length + input_ids.shape[1] <= int(window)
 
+    def _autocast(self) -> Any:
+        return torch.autocast(
+            self.device.type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+        )
+
+    def _v1_prompt_cache(self, mask_dtype: torch.dtype) -> Any:
+        """A cache holding a v1 prompt's keys/values in every layer, batch 1 (differentiable
+        w.r.t. the prompt)."""
+        assert self.prompt is not None and self.prompt.method == "v1"
+        handle = self.handle
+        backbone = handle.adapter.backbone(handle.model)
+        k = self.prompt.length
+        cache = _cache_for(handle.model)
+        p = self.prompt.tensor().to(self.device, handle.dtype).unsqueeze(0)
+        with self._autocast():
+            backbone(
+                inputs_embeds=p,
+                attention_mask=torch.ones(1, k, dtype=mask_dtype, device=self.device),
+                use_cache=True,
+                **with_cache(backbone, cache),
+            )
+        return cache
+
+    # -- packed sequences ----------------------------------------------------------------
+    def can_pack(self) -> bool:
+        """Whether :meth:`forward_packed` applies: the plain prompt injection (no per-input
+        prompt of a subclass), a v1 or v2 prompt or none, and an attention implementation
+        that takes a materialised 4-D mask (eager or sdpa)."""
+        if type(self).forward is not PromptedLM.forward:
+            return False
+        if self.prompt is not None and self.prompt.method not in ("v1", "v2"):
+            return False
+        impl = getattr(self.handle.model.config, "_attn_implementation", None) or "eager"
+        return impl in ("eager", "sdpa") and "device_map" not in self.handle.info
+
+    def forward_packed(
+        self, input_ids: torch.Tensor, visible: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """Run several sequences packed into one row, without padding: ``input_ids`` (N,)
+        holds them back to back, ``visible`` (N, N) says which packed token each token may
+        attend to (its own sequence's earlier tokens: a block-causal mask) and ``positions``
+        (N,) each token's position inside its own sequence. Every token also sees the prompt
+        (run once, as in ``share_prompt``). Returns the hidden states (N, d): the same numbers
+        as each sequence run on its own, with no compute spent on padding."""
+        handle = self.handle
+        backbone = handle.adapter.backbone(handle.model)
+        n = input_ids.shape[0]
+        k = self.n_prompt
+        allowed = torch.cat(
+            [torch.ones(n, k, dtype=torch.bool, device=self.device), visible.to(self.device)], 1
+        )[None, None]
+        impl = getattr(handle.model.config, "_attn_implementation", None) or "eager"
+        mask: torch.Tensor
+        if impl == "sdpa":
+            mask = allowed
+        else:  # eager adds the mask to the scores
+            mask = torch.zeros(allowed.shape, dtype=handle.dtype, device=self.device)
+            mask = mask.masked_fill(~allowed, torch.finfo(handle.dtype).min)
+        kwargs: dict[str, Any] = {}
+        if self.prompt is not None:
+            if self.prompt.method == "v1":
+                cache = self._v1_prompt_cache(torch.long)
+            else:
+                cache = self.prefix_cache(1)
+            kwargs.update(with_cache(backbone, cache))
+            kwargs["use_cache"] = True
+        with self._mask_unprompted_layers(), self._autocast():
+            out = backbone(
+                input_ids=input_ids[None].to(self.device),
+                attention_mask=mask,
+                position_ids=(positions.to(self.device) + k)[None],
+                **kwargs,
+            )
+        hidden: torch.Tensor = out.last_hidden_state[0].to(handle.dtype)
+        return hidden
+
     def _forward_shared_prompt(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, use_cache: bool
     ) -> PromptedForward:
@@ -244,20 +322,8 @@ class PromptedLM:
         backbone = handle.adapter.backbone(handle.model)
         batch, width = input_ids.shape
         k = self.prompt.length
-        cache = _cache_for(handle.model)
-        p = self.prompt.tensor().to(self.device, handle.dtype).unsqueeze(0)
-        autocast = torch.autocast(
-            self.device.type,
-            dtype=self.autocast_dtype or torch.float32,
-            enabled=self.autocast_dtype is not None,
-        )
-        with autocast:
-            backbone(
-                inputs_embeds=p,
-                attention_mask=torch.ones(1, k, dtype=attention_mask.dtype, device=self.device),
-                use_cache=True,
-                **with_cache(backbone, cache),
-            )
+        cache = self._v1_prompt_cache(attention_mask.dtype)
+        autocast = self._autocast()
         cache.batch_repeat_interleave(batch)
         positions = torch.arange(k, k + width, device=self.device).expand(batch, -1)
         with autocast:
