@@ -332,6 +332,26 @@ def test_indicators_measure_zero_shot_transfer_by_default(
     )
 
 
+def test_indicators_read_own_scores_from_the_prompts_stored_test_evaluation(
+    bank: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The bank's prompts stored predictions for 4 test examples: with --test-limit 3 each own
+    # score comes from them (no second evaluation) and equals a fresh evaluation's.
+    _cells(bank, tmp_path / "grid" / "report")
+    out = tmp_path / "ind"
+    argv = ["indicators", "--grid", str(tmp_path / "grid"), "--out", str(out), "--test-limit",
+            "3", "--train-limit", "16", "--dev-limit", "16", "--p", "0.05"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("(its stored test evaluation)") == 4, printed
+    own = json.loads((out / "indicators.json").read_text())["own_scores"]
+    for name in ("sa-en", "nli-ko"):
+        task, lang = name.split("-")
+        fresh = zero_shot(bank / name, task, lang, limit=3, label_words="target")
+        assert own[f"v1/s1/{name}"] == pytest.approx(fresh.score)
+
+
 def test_suggest_ranks_other_prompts(
     bank: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

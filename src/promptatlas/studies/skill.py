@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from promptatlas.analysis.indicators import (
     EMBEDDING_INDICATORS,
     IndicatorCorrelation,
@@ -221,12 +223,17 @@ def zero_shot_transfer(
     examples, the target prompt's input format and evaluation settings); the own score is the
     target's prompt on the same examples. ``label_words`` as in
     :func:`promptatlas.runs.transfer.zero_shot` (the source's words where the label keys match,
-    i.e. the same task in another language). A pair whose own score is 0 gets no T."""
+    i.e. the same task in another language). A pair whose own score is 0 gets no T.
+
+    The own score is read from the target prompt's stored test evaluation where that holds
+    per-example predictions for at least these examples, on the same data (the prompt's own
+    format and evaluation settings, so the same predictions): no second evaluation."""
     from promptatlas.runs.transfer import zero_shot
 
     targets = sorted({t for _, t in grid.kinds})
     metas = {n: read_metadata(grid.prompts[n]) for n in grid.prompts}
-    todo = len(targets) + len(grid.kinds)
+    stored = {t: _stored_own_score(metas[t], test_limit, data_dir) for t in targets}
+    todo = sum(v is None for v in stored.values()) + len(grid.kinds)
     done = 0
     started = time.perf_counter()
 
@@ -234,6 +241,10 @@ def zero_shot_transfer(
         nonlocal done
         meta = metas[target]
         assert meta.task is not None and meta.lang is not None
+        known = stored[target] if kind == "own" else None
+        if known is not None:
+            log(f"  own {target}: {100 * known:.1f} (its stored test evaluation)")
+            return known
         result = zero_shot(
             grid.prompts[source],
             meta.task,
@@ -262,6 +273,21 @@ def zero_shot_transfer(
         if own[t] > 0:
             transfer[(s, t)] = scores[(s, t)] / own[t]
     return dataclasses.replace(grid, transfer=transfer, scores=scores, own=own)
+
+
+def _stored_own_score(meta: Any, test_limit: int | None, data_dir: str | None) -> float | None:
+    """A prompt's score on its first ``test_limit`` test examples, from the per-example
+    predictions its own test evaluation stored (None when it has none, fewer examples, or
+    was evaluated on other data)."""
+    from promptatlas.evaluation.evaluate import stored_examples
+
+    run = getattr(meta, "run", None)
+    if test_limit is None or run is None or getattr(run, "data_dir", None) != data_dir:
+        return None
+    examples = stored_examples((meta.metrics or {}).get("test"))
+    if examples is None or len(examples) < test_limit:
+        return None
+    return float(examples.metric()(np.arange(test_limit)))
 
 
 # -- indicators of a grid ---------------------------------------------------------------------
