@@ -335,21 +335,48 @@ def test_indicators_measure_zero_shot_transfer_by_default(
 def test_indicators_read_own_scores_from_the_prompts_stored_test_evaluation(
     bank: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # The bank's prompts stored predictions for 4 test examples: with --test-limit 3 each own
-    # score comes from them (no second evaluation) and equals a fresh evaluation's.
+    # The bank's prompts stored predictions for 4 test examples: with test_limit 3 and
+    # reuse_stored (what a grid's analysis step passes) each own score comes from them (no
+    # second evaluation) and equals a fresh evaluation's; the CLI evaluates again.
+    from promptatlas.studies.skill import grid_indicators
+
     _cells(bank, tmp_path / "grid" / "report")
-    out = tmp_path / "ind"
-    argv = ["indicators", "--grid", str(tmp_path / "grid"), "--out", str(out), "--test-limit",
-            "3", "--train-limit", "16", "--dev-limit", "16", "--p", "0.05"]  # fmt: skip
-    capsys.readouterr()
-    assert main(argv) == 0
-    printed = capsys.readouterr().out
-    assert printed.count("(its stored test evaluation)") == 4, printed
-    own = json.loads((out / "indicators.json").read_text())["own_scores"]
+    lines: list[str] = []
+    found = grid_indicators(
+        tmp_path / "grid", tmp_path / "ind", test_limit=3, train_limit=16, dev_limit=16,
+        p=0.05, reuse_stored=True, log=lines.append,
+    )  # fmt: skip
+    assert sum("(its stored test evaluation)" in line for line in lines) == 4, lines
+    own = json.loads((tmp_path / "ind" / "indicators.json").read_text())["own_scores"]
     for name in ("sa-en", "nli-ko"):
         task, lang = name.split("-")
         fresh = zero_shot(bank / name, task, lang, limit=3, label_words="target")
         assert own[f"v1/s1/{name}"] == pytest.approx(fresh.score)
+    assert found.transfer
+    argv = ["indicators", "--grid", str(tmp_path / "grid"), "--out", str(tmp_path / "cli"),
+            "--test-limit", "3", "--train-limit", "16", "--dev-limit", "16",
+            "--p", "0.05"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "(its stored test evaluation)" not in capsys.readouterr().out
+    cli_own = json.loads((tmp_path / "cli" / "indicators.json").read_text())["own_scores"]
+    assert cli_own == pytest.approx(own)
+
+
+def test_a_stored_score_is_not_reused_after_the_data_changed(
+    bank: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from promptatlas.bank import read_metadata
+    from promptatlas.studies import skill
+
+    meta = read_metadata(bank / "sa-en")
+    assert skill._stored_own_score(meta, 3, None) is not None
+    assert skill._stored_own_score(meta, 5, None) is None  # only 4 examples stored
+    assert skill._stored_own_score(meta, 3, str(tmp_path)) is None  # other data
+    import promptatlas.tasks.registry as registry
+
+    monkeypatch.setattr(registry, "changed_data", lambda *a, **k: ["test: changed"])
+    assert skill._stored_own_score(meta, 3, None) is None
 
 
 def test_suggest_ranks_other_prompts(

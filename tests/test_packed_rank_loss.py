@@ -103,3 +103,44 @@ def test_packing_is_off_for_a_subclass_with_its_own_forward(
     handle = tiny_handles["tiny-llama"]
     plm, *_ = _setup(handle, "v1")
     assert PerInput(handle, plm.prompt).can_pack() is False
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
+def test_packed_equals_padded_under_sdpa_and_with_several_rows_per_pack(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from promptatlas.models import load_model
+
+    handle = load_model(name, attn_implementation="sdpa")  # a boolean 4-D mask
+    if name == "tiny-gemma3":
+        # A window wide enough for several rows per pack (neither path reaches it).
+        monkeypatch.setattr(handle.model.config, "sliding_window", 512)
+    plm, batch, suffixes, _ = _setup(handle, "v1")
+    packs = _packs(plm, batch.lengths.tolist(), suffixes)
+    assert packs is not None and max(len(p) for p in packs) >= 3
+    padded = _score_suffixes(plm, batch, suffixes, False)
+    packed = predict._score_suffixes_packed(plm, batch, suffixes, False, packs)
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
+
+
+def test_the_prompt_is_produced_once_for_all_packs(
+    tiny_handles: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A produced prompt (e.g. a projection with dropout) must be the same in every pack.
+    handle = tiny_handles["tiny-llama"]
+    plm, batch, suffixes, golds = _setup(handle, "v1")
+    longest = int(batch.lengths.max()) + sum(len(s) - 1 for s in suffixes)
+    monkeypatch.setattr(predict, "PACK_TOKENS", longest)
+    assert plm.prompt is not None
+    calls = []
+    original = type(plm.prompt).tensor
+
+    def counted(self: Any) -> torch.Tensor:
+        calls.append(1)
+        return original(self)
+
+    monkeypatch.setattr(type(plm.prompt), "tensor", counted)
+    packs = _packs(plm, batch.lengths.tolist(), suffixes)
+    assert packs is not None and len(packs) >= 4
+    rank_loss(plm, batch, golds, suffixes)
+    assert len(calls) == 1

@@ -182,6 +182,7 @@ def _score_suffixes_packed(
     fed_want: list[int] = []  # the label token it predicts
     fed_cell: list[int] = []  # row * n_suf + label
     order: list[int] = []
+    states = plm.prompt_states()  # once: every pack sees the same prompt
     for pack in packs:
         ids: list[int] = []
         pos: list[int] = []
@@ -212,7 +213,7 @@ def _score_suffixes_packed(
             & (t_pos[None, :] <= t_pos[:, None])
             & ((t_part[None, :] == -1) | (t_part[None, :] == t_part[:, None]))
         )
-        hidden = plm.forward_packed(torch.tensor(ids, device=device), visible, t_pos)
+        hidden = plm.forward_packed(torch.tensor(ids, device=device), visible, t_pos, states)
         last_rows.append(hidden[last])
         if want:
             fed_rows.append(hidden[[w[0] for w in want]])

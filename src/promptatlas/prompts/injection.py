@@ -83,14 +83,16 @@ class PromptedLM:
         ones = torch.ones(mask.shape[0], self.n_prompt, dtype=mask.dtype, device=mask.device)
         return torch.cat([ones, mask], dim=1)
 
-    def prefix_cache(self, batch: int) -> Any:
-        """v2: a cache pre-filled with the prompt's keys/values in every layer."""
+    def prefix_cache(self, batch: int, key_values: Any = None) -> Any:
+        """v2: a cache pre-filled with the prompt's keys/values in every layer (``key_values``:
+        the prompt's :meth:`~SoftPrompt.key_values`, when already computed)."""
         assert self.prompt is not None and self.prompt.method == "v2"
         g = self.handle.geometry
         dtype = self.handle.dtype
         cache = _cache_for(self.handle.model)
         k = self.prompt.length
-        per_layer = dict(zip(self.prompt.layer_indices, self.prompt.key_values(), strict=True))
+        states = self.prompt.key_values() if key_values is None else key_values
+        per_layer = dict(zip(self.prompt.layer_indices, states, strict=True))
         zeros = torch.zeros(k, g.d_kv, device=self.device, dtype=dtype)
         positions = torch.arange(k, device=self.device)
         for layer in range(g.n_layers):
@@ -243,15 +245,17 @@ class PromptedLM:
             enabled=self.autocast_dtype is not None,
         )
 
-    def _v1_prompt_cache(self, mask_dtype: torch.dtype) -> Any:
+    def _v1_prompt_cache(self, mask_dtype: torch.dtype, tensor: torch.Tensor | None = None) -> Any:
         """A cache holding a v1 prompt's keys/values in every layer, batch 1 (differentiable
-        w.r.t. the prompt)."""
+        w.r.t. the prompt; ``tensor``: the prompt's :meth:`~SoftPrompt.tensor`, when already
+        computed)."""
         assert self.prompt is not None and self.prompt.method == "v1"
         handle = self.handle
         backbone = handle.adapter.backbone(handle.model)
         k = self.prompt.length
         cache = _cache_for(handle.model)
-        p = self.prompt.tensor().to(self.device, handle.dtype).unsqueeze(0)
+        p = (self.prompt.tensor() if tensor is None else tensor).to(self.device, handle.dtype)
+        p = p.unsqueeze(0)
         with self._autocast():
             backbone(
                 inputs_embeds=p,
@@ -273,15 +277,28 @@ class PromptedLM:
         impl = getattr(self.handle.model.config, "_attn_implementation", None) or "eager"
         return impl in ("eager", "sdpa") and "device_map" not in self.handle.info
 
+    def prompt_states(self) -> Any:
+        """The prompt's tensor (v1) or per-layer keys/values (v2), computed once, for several
+        :meth:`forward_packed` calls of one loss (a produced prompt, e.g. with dropout, is
+        then the same in every pack); None without a prompt."""
+        if self.prompt is None:
+            return None
+        return self.prompt.tensor() if self.prompt.method == "v1" else self.prompt.key_values()
+
     def forward_packed(
-        self, input_ids: torch.Tensor, visible: torch.Tensor, positions: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        visible: torch.Tensor,
+        positions: torch.Tensor,
+        states: Any = None,
     ) -> torch.Tensor:
         """Run several sequences packed into one row, without padding: ``input_ids`` (N,)
         holds them back to back, ``visible`` (N, N) says which packed token each token may
         attend to (its own sequence's earlier tokens: a block-causal mask) and ``positions``
         (N,) each token's position inside its own sequence. Every token also sees the prompt
         (run once, as in ``share_prompt``). Returns the hidden states (N, d): the same numbers
-        as each sequence run on its own, with no compute spent on padding."""
+        as each sequence run on its own, with no compute spent on padding. ``states``: from
+        :meth:`prompt_states` (else computed here)."""
         handle = self.handle
         backbone = handle.adapter.backbone(handle.model)
         n = input_ids.shape[0]
@@ -299,9 +316,9 @@ class PromptedLM:
         kwargs: dict[str, Any] = {}
         if self.prompt is not None:
             if self.prompt.method == "v1":
-                cache = self._v1_prompt_cache(torch.long)
+                cache = self._v1_prompt_cache(torch.long, states)
             else:
-                cache = self.prefix_cache(1)
+                cache = self.prefix_cache(1, states)
             kwargs.update(with_cache(backbone, cache))
             kwargs["use_cache"] = True
         with self._mask_unprompted_layers(), self._autocast():

@@ -1139,6 +1139,8 @@ def _analyse(
                 test_limit=ind.test_limit,
                 data_dir=exp.data_dir,
                 handle=runner.handle,
+                # the cells have just evaluated the own prompts on these test examples
+                reuse_stored=True,
                 log=lambda line: log(f"  {line}"),
             )
         if spec.compose is not None:

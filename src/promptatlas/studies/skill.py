@@ -216,6 +216,7 @@ def zero_shot_transfer(
     test_limit: int | None = 200,
     label_words: str = "source",
     data_dir: str | None = None,
+    reuse_stored: bool = False,
     log: Log = _quiet,
 ) -> GridTransfer:
     """Measure T(s→t) = score(P_s on t) / score(P_t on t) for every pair of ``grid.kinds``:
@@ -225,14 +226,19 @@ def zero_shot_transfer(
     :func:`promptatlas.runs.transfer.zero_shot` (the source's words where the label keys match,
     i.e. the same task in another language). A pair whose own score is 0 gets no T.
 
-    The own score is read from the target prompt's stored test evaluation where that holds
-    per-example predictions for at least these examples, on the same data (the prompt's own
-    format and evaluation settings, so the same predictions): no second evaluation."""
+    With ``reuse_stored`` (a grid whose cells have just evaluated their prompts with these
+    settings) the own score is read from the target prompt's stored test evaluation where that
+    holds per-example predictions for at least these examples, in the same mode, on the same
+    data files (the prompt's own format and evaluation settings, so the same predictions): no
+    second evaluation."""
     from promptatlas.runs.transfer import zero_shot
 
     targets = sorted({t for _, t in grid.kinds})
     metas = {n: read_metadata(grid.prompts[n]) for n in grid.prompts}
-    stored = {t: _stored_own_score(metas[t], test_limit, data_dir) for t in targets}
+    stored = {
+        t: _stored_own_score(metas[t], test_limit, data_dir) if reuse_stored else None
+        for t in targets
+    }
     todo = sum(v is None for v in stored.values()) + len(grid.kinds)
     done = 0
     started = time.perf_counter()
@@ -277,15 +283,22 @@ def zero_shot_transfer(
 
 def _stored_own_score(meta: Any, test_limit: int | None, data_dir: str | None) -> float | None:
     """A prompt's score on its first ``test_limit`` test examples, from the per-example
-    predictions its own test evaluation stored (None when it has none, fewer examples, or
-    was evaluated on other data)."""
+    predictions its own test evaluation stored (None when it has none, fewer examples, was
+    evaluated in another mode than its settings give, or on other data or changed files)."""
     from promptatlas.evaluation.evaluate import stored_examples
+    from promptatlas.tasks.registry import changed_data
 
     run = getattr(meta, "run", None)
     if test_limit is None or run is None or getattr(run, "data_dir", None) != data_dir:
         return None
-    examples = stored_examples((meta.metrics or {}).get("test"))
+    summary = (meta.metrics or {}).get("test") or {}
+    mode = getattr(getattr(run, "eval", None), "mode", "auto")
+    if summary.get("mode") != ("rank" if mode == "auto" else mode):
+        return None  # only classification prompts evaluated by rank classification
+    examples = stored_examples(summary)
     if examples is None or len(examples) < test_limit:
+        return None
+    if changed_data(meta.data_files, meta.task, meta.lang, data_dir):
         return None
     return float(examples.metric()(np.arange(test_limit)))
 
@@ -346,6 +359,7 @@ def grid_indicators(
     label_words: str = "source",
     data_dir: str | None = None,
     handle: ModelHandle | None = None,
+    reuse_stored: bool = False,
     log: Log = _quiet,
 ) -> GridIndicators:
     """Indicators between the own prompts of a finished grid, correlated with its measured
@@ -353,9 +367,10 @@ def grid_indicators(
     ``test_limit`` test examples of each target (SPEC B4; :func:`zero_shot_transfer`), "init"
     reads the grid's cross-task and cross-language cells. Skill-neuron indicators (``skill``)
     read each classification task's predictivity through its own prompt
-    (``train_limit``/``dev_limit`` examples). Writes ``indicators.csv`` (ρ per indicator),
-    ``indicators.png`` (bar chart), ``scatter.png``, ``pairs.csv`` (every indicator and T per
-    pair), ``indicators.json`` and ``run.json``."""
+    (``train_limit``/``dev_limit`` examples). ``reuse_stored``: see
+    :func:`zero_shot_transfer` (the grid's own analysis step sets it). Writes
+    ``indicators.csv`` (ρ per indicator), ``indicators.png`` (bar chart), ``scatter.png``,
+    ``pairs.csv`` (every indicator and T per pair), ``indicators.json`` and ``run.json``."""
     if test_limit is not None and test_limit < 1:
         raise ValueError(f"test_limit must be ≥ 1 (or None for all), got {test_limit}")
     started = time.perf_counter()
@@ -375,7 +390,7 @@ def grid_indicators(
         log(f"zero-shot transfer on {test_limit or 'all'} test examples per target")
         grid = zero_shot_transfer(
             grid, handle, test_limit=test_limit, label_words=label_words, data_dir=data_dir,
-            log=log,
+            reuse_stored=reuse_stored, log=log,
         )  # fmt: skip
     first = metas[nodes[0]]
     assert first.task is not None and first.lang is not None
