@@ -46,6 +46,21 @@ def _setup(handle: Any, kind: str, task: str = "sa") -> tuple[PromptedLM, Any, A
     return plm, batch, suffixes, golds
 
 
+def _one_row_per_pack(monkeypatch: pytest.MonkeyPatch, batch: Any, suffixes: Any) -> int:
+    """Shrink the pack to the longest row (with its fed label tokens): about a row per pack."""
+    longest = int(batch.lengths.max()) + sum(len(s) - 1 for s in suffixes)
+    monkeypatch.setattr(predict, "PACK_TOKENS", longest)
+    return longest
+
+
+def _assert_packed_equals_padded(
+    plm: PromptedLM, batch: Any, suffixes: Any, normalise: bool, packs: Any
+) -> None:
+    padded = _score_suffixes(plm, batch, suffixes, normalise)
+    packed = predict._score_suffixes_packed(plm, batch, suffixes, normalise, packs)
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("kind", list(PROMPTS))
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-gemma3"])
 def test_packed_scores_loss_and_gradient_equal_the_padded_path(
@@ -59,9 +74,7 @@ def test_packed_scores_loss_and_gradient_equal_the_padded_path(
     assert len(set(lengths)) > 1, "the case needs rows of different lengths (padding)"
     packs = _packs(plm, lengths, suffixes)
     assert packs is not None and sorted(r for p in packs for r in p) == list(range(len(lengths)))
-    padded = _score_suffixes(plm, batch, suffixes, False)
-    packed = predict._score_suffixes_packed(plm, batch, suffixes, False, packs)
-    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
+    _assert_packed_equals_padded(plm, batch, suffixes, False, packs)
     if plm.prompt is None:
         return
     params = plm.prompt.trainable_parameters()
@@ -81,14 +94,10 @@ def test_several_packs_and_length_normalised_scores(
 ) -> None:
     handle = tiny_handles["tiny-llama"]
     plm, batch, suffixes, _ = _setup(handle, "v1")
-    fed = sum(len(s) - 1 for s in suffixes)
-    longest = int(batch.lengths.max()) + fed
-    monkeypatch.setattr(predict, "PACK_TOKENS", longest)  # about one row per pack
+    longest = _one_row_per_pack(monkeypatch, batch, suffixes)
     packs = _packs(plm, batch.lengths.tolist(), suffixes)
     assert packs is not None and len(packs) >= 4
-    padded = _score_suffixes(plm, batch, suffixes, True)
-    packed = predict._score_suffixes_packed(plm, batch, suffixes, True, packs)
-    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
+    _assert_packed_equals_padded(plm, batch, suffixes, True, packs)
     monkeypatch.setattr(predict, "PACK_TOKENS", longest - 1)  # the longest row fits nowhere
     assert _packs(plm, batch.lengths.tolist(), suffixes) is None
 
@@ -118,9 +127,7 @@ def test_packed_equals_padded_under_sdpa_and_with_several_rows_per_pack(
     plm, batch, suffixes, _ = _setup(handle, "v1")
     packs = _packs(plm, batch.lengths.tolist(), suffixes)
     assert packs is not None and max(len(p) for p in packs) >= 3
-    padded = _score_suffixes(plm, batch, suffixes, False)
-    packed = predict._score_suffixes_packed(plm, batch, suffixes, False, packs)
-    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
+    _assert_packed_equals_padded(plm, batch, suffixes, False, packs)
 
 
 def test_the_prompt_is_produced_once_for_all_packs(
@@ -129,8 +136,7 @@ def test_the_prompt_is_produced_once_for_all_packs(
     # A produced prompt (e.g. a projection with dropout) must be the same in every pack.
     handle = tiny_handles["tiny-llama"]
     plm, batch, suffixes, golds = _setup(handle, "v1")
-    longest = int(batch.lengths.max()) + sum(len(s) - 1 for s in suffixes)
-    monkeypatch.setattr(predict, "PACK_TOKENS", longest)
+    _one_row_per_pack(monkeypatch, batch, suffixes)
     assert plm.prompt is not None
     calls = []
     original = type(plm.prompt).tensor

@@ -145,10 +145,10 @@ def _packs(
     not fit (a sliding window shorter than the pack, say): then the padded path is used."""
     fed = sum(len(s) - 1 for s in suffixes)
     limit = PACK_TOKENS
-    window = getattr(plm.handle.model.config, "sliding_window", None)
+    window = plm.sliding_window
     if window is not None:
         # Sliding-window layers keep a window of cache slots: prompt + pack stay inside it.
-        limit = min(limit, int(window) - plm.n_prompt)
+        limit = min(limit, window - plm.n_prompt)
     packs: list[list[int]] = []
     used = limit + 1
     for row, n in enumerate(lengths):
@@ -284,7 +284,7 @@ def rank_classify(
     scores = torch.empty(len(examples), len(labels))
     order = sorted(range(len(examples)), key=lambda i: len(contexts[i]))  # less padding
     pad = formatter.tokenizer.pad_token_id
-    window = getattr(plm.handle.model.config, "sliding_window", None)
+    window = plm.sliding_window
     for idx in _batches(order, batch_size):
         items = [EncodedExample(tuple(contexts[i]), len(contexts[i])) for i in idx]
         width = plm.n_prompt + max(len(it.ids) for it in items) + max(len(s) for s in suffix)

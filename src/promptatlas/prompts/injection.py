@@ -77,6 +77,12 @@ class PromptedLM:
     def device(self) -> torch.device:
         return self.handle.device
 
+    @property
+    def sliding_window(self) -> int | None:
+        """The model's sliding-attention window (cache slots its windowed layers keep), if any."""
+        window = getattr(self.handle.model.config, "sliding_window", None)
+        return None if window is None else int(window)
+
     # -- building blocks -------------------------------------------------------------------
     def mask_with_prompt(self, mask: torch.Tensor) -> torch.Tensor:
         """An input attention mask (B, T) extended by the k always-visible prompt positions."""
@@ -204,12 +210,7 @@ class PromptedLM:
             kwargs.update(with_cache(backbone, past_key_values))
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
-        autocast = torch.autocast(
-            self.device.type,
-            dtype=self.autocast_dtype or torch.float32,
-            enabled=self.autocast_dtype is not None,
-        )
-        with self._mask_unprompted_layers(), autocast:
+        with self._mask_unprompted_layers(), self._autocast():
             out = backbone(attention_mask=mask, **kwargs)
         hidden = out.last_hidden_state[:, n_drop:].to(handle.dtype)
         return PromptedForward(
@@ -235,8 +236,8 @@ class PromptedLM:
         if input_ids.shape[0] < 2:
             return False
         # Sliding-window layers keep a window of cache slots: stay inside it.
-        window = getattr(self.handle.model.config, "sliding_window", None)
-        return window is None or prompt.length + input_ids.shape[1] <= int(window)
+        window = self.sliding_window
+        return window is None or prompt.length + input_ids.shape[1] <= window
 
     def _autocast(self) -> Any:
         return torch.autocast(
