@@ -279,6 +279,8 @@ def test_summed_scoring_penalises_the_multi_token_label(
     prompt = SoftPrompt(PromptConfig(method="v1", length=2), handle.geometry)
     plm = PromptedLM(handle, prompt)
     plm.logits = lambda hidden: fixed.to(hidden.device).expand(hidden.shape[0], -1)  # type: ignore[method-assign]
+    # the ranking-only path reads the label words' logits alone: the same fixed head
+    plm.token_logits = lambda hidden, ids: plm.logits(hidden)[:, ids]  # type: ignore[method-assign]
     examples = [Example(("x", "y"), "aaa", "entailment")] * 3
     with pytest.warns(UserWarning, match="differ in token count"):
         summed = evaluate(plm, fmt, examples, EvalConfig())  # the default: summed

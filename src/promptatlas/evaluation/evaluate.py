@@ -95,10 +95,16 @@ def paired_gain(
 
 
 def rank_predict(
-    plm: PromptedLM, formatter: TaskFormatter, examples: Sequence[Example], cfg: EvalConfig
+    plm: PromptedLM,
+    formatter: TaskFormatter,
+    examples: Sequence[Example],
+    cfg: EvalConfig,
+    *,
+    log_probs: bool = True,
 ) -> tuple[list[str], torch.Tensor]:
     """Rank classification with ``cfg``'s scoring (warning on uneven label words under summed
-    scores): the predicted label keys and the (N, n_labels) scores."""
+    scores): the predicted label keys and the (N, n_labels) scores (``log_probs`` False:
+    where only the predictions are used; see :func:`rank_classify`)."""
     check_label_words(formatter, cfg)
     return rank_classify(
         plm,
@@ -108,6 +114,7 @@ def rank_predict(
         length_normalise=resolve_length_normalise(cfg, formatter),
         score_eos=cfg.score_eos,
         first_token=cfg.first_token,
+        log_probs=log_probs,
     )
 
 
@@ -128,7 +135,7 @@ def evaluate(
     if mode == "rank":
         if task.spec.kind != "classification":
             raise ValueError(f"rank classification needs a classification task, not {task.name}")
-        preds, _ = rank_predict(plm, formatter, examples, cfg)
+        preds, _ = rank_predict(plm, formatter, examples, cfg, log_probs=False)
         metrics, scores = score_predictions(task, preds, examples)
         return EvalResult(metrics, preds, len(examples), mode, examples=scores)
     texts = generate(

@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from promptatlas.formatting import Batch, EncodedExample, TaskFormatter, collate
-from promptatlas.prompts.injection import PromptedLM
+from promptatlas.prompts.injection import HEAD_CHUNK_ELEMENTS, PromptedLM
 from promptatlas.tasks import Example
 
 __all__ = [
+    "HEAD_CHUNK_ELEMENTS",
     "generate",
     "head_chunk",
     "head_nll",
@@ -28,14 +29,9 @@ __all__ = [
 ]
 
 
-# Largest logits block a loss or score materialises at once, in elements (128 MiB of float32):
-# Gemma's 262k-word head then works on 128 positions at a time.
-HEAD_CHUNK_ELEMENTS = 32 * 1024 * 1024
-
-
 def head_chunk(plm: PromptedLM) -> int:
-    """Positions per LM-head chunk for this model (at least 1)."""
-    return max(1, HEAD_CHUNK_ELEMENTS // max(1, plm.handle.geometry.vocab_size))
+    """Positions per LM-head chunk for this model (at least 1; :data:`HEAD_CHUNK_ELEMENTS`)."""
+    return plm.head_rows
 
 
 class _ChunkedHeadNLL(torch.autograd.Function):
@@ -123,14 +119,32 @@ def rank_loss(
     """Cross-entropy of the gold label under rank classification: a softmax over the labels'
     scores (summed, or with ``length_normalise`` mean, log-probabilities of their label words
     after each context), i.e. exactly what :func:`rank_classify` picks from. ``batch`` holds
-    contexts only (right-padded); ``golds`` the label indices."""
+    contexts only (right-padded); ``golds`` the label indices.
+
+    The cross-entropy does not change when a row's scores move by one constant, and every
+    label's first token is read at the same position of a row, so (summed scores) the first
+    tokens' log-probabilities are replaced by their logits: the vocabulary's normaliser at the
+    decoding token, the whole LM head, is never computed there (exact, not an approximation;
+    with ``length_normalise`` the labels divide it differently, so it is computed)."""
     batch = batch.to(plm.device)
+    log_probs = length_normalise
     packs = _packs(plm, batch.lengths.tolist(), suffixes) if plm.can_pack() else None
     if packs is not None:
-        scores = _score_suffixes_packed(plm, batch, suffixes, length_normalise, packs)
+        scores = _score_suffixes_packed(plm, batch, suffixes, length_normalise, packs, log_probs)
     else:
-        scores = _score_suffixes(plm, batch, suffixes, length_normalise)
+        scores = _score_suffixes(plm, batch, suffixes, length_normalise, log_probs)
     return F.cross_entropy(scores.float(), golds.to(plm.device))
+
+
+def _first_scores(
+    plm: PromptedLM, hidden: torch.Tensor, first: torch.Tensor, log_probs: bool
+) -> torch.Tensor:
+    """(N, n_labels) scores of each label's first token at the decoding token's hidden states:
+    log-probabilities, or (``log_probs`` False) the logits, which differ from them by one
+    constant per row (its log-normaliser) and need only the labels' rows of the LM head."""
+    if log_probs:
+        return plm.token_log_probs(hidden, first.expand(hidden.shape[0], -1))
+    return plm.token_logits(hidden, first)
 
 
 # Most tokens in one packed row: its (tokens × tokens) attention scores stay small.
@@ -169,12 +183,14 @@ def _score_suffixes_packed(
     suffixes: Sequence[Sequence[int]],
     length_normalise: bool,
     packs: Sequence[Sequence[int]],
+    log_probs: bool = True,
 ) -> torch.Tensor:
     """:func:`_score_suffixes` without padding: each pack holds its rows' contexts back to back,
     each followed by the fed tokens of every multi-token label (tokens 0..n-2 of the label,
     seeing the context and the label's own earlier tokens), under a block-causal mask
     (:meth:`PromptedLM.forward_packed`). Same scores as the padded path; the backbone runs
-    only on real tokens, and the context is not repeated per label."""
+    only on real tokens, and the context is not repeated per label. ``log_probs``: as in
+    :func:`_score_suffixes`."""
     n_rows, n_suf = batch.input_ids.shape[0], len(suffixes)
     device = plm.device
     last_rows: list[torch.Tensor] = []  # hidden at each row's last context token
@@ -220,12 +236,12 @@ def _score_suffixes_packed(
             fed_want.extend(w[1] for w in want)
             fed_cell.extend(w[2] for w in want)
     first = torch.tensor([s[0] for s in suffixes], device=device)
-    lp_first = torch.log_softmax(plm.logits(torch.cat(last_rows)).float(), dim=-1)[:, first]
+    lp_first = _first_scores(plm, torch.cat(last_rows), first, log_probs)
     scores = torch.empty(n_rows, n_suf, device=device, dtype=lp_first.dtype)
     scores = scores.index_copy(0, torch.tensor(order, device=device), lp_first)
     if fed_rows:
-        logp = torch.log_softmax(plm.logits(torch.cat(fed_rows)).float(), dim=-1)
-        token_lp = logp.gather(1, torch.tensor(fed_want, device=device)[:, None])[:, 0]
+        want_ids = torch.tensor(fed_want, device=device)[:, None]
+        token_lp = plm.token_log_probs(torch.cat(fed_rows), want_ids)[:, 0]
         extra = torch.zeros(n_rows * n_suf, device=device).index_add(
             0, torch.tensor(fed_cell, device=device), token_lp
         )
@@ -240,9 +256,8 @@ def target_logprobs(plm: PromptedLM, batch: Batch) -> torch.Tensor:
     batch = batch.to(plm.device)
     out = plm.forward(batch.input_ids, batch.attention_mask, share_prompt=True)
     select = batch.target_mask[:, 1:]
-    logp = torch.log_softmax(plm.logits(out.hidden[:, :-1][select]).float(), dim=-1)
     labels = batch.input_ids[:, 1:][select]
-    token_lp = logp.gather(1, labels[:, None])[:, 0]
+    token_lp = plm.token_log_probs(out.hidden[:, :-1][select], labels[:, None])[:, 0]
     rows = torch.nonzero(select, as_tuple=True)[0]
     total = torch.zeros(batch.input_ids.shape[0], device=token_lp.device).index_add(
         0, rows, token_lp
@@ -265,6 +280,7 @@ def rank_classify(
     length_normalise: bool = False,
     score_eos: bool = False,
     first_token: bool = False,
+    log_probs: bool = True,
 ) -> tuple[list[str], torch.Tensor]:
     """Score every label's verbalizer after the context and pick the best (SPEC §2).
 
@@ -273,6 +289,10 @@ def rank_classify(
     token only). The context is run once per example; the first label token is read at the
     decoding token, and multi-token label words are continued from the context's key/value
     cache (repeated once per label), so the context is never recomputed.
+
+    ``log_probs`` False: where only the ranking is wanted, each row's scores may be its
+    log-probabilities less one constant (summed scoring: the first tokens' logits instead of
+    log-probabilities), which skips the full LM head at the decoding token; same predictions.
     """
     labels = list(formatter.task.labels)
     label_ids = formatter.label_token_ids()
@@ -294,7 +314,7 @@ def rank_classify(
             scores[idx] = _score_full(plm, items, suffix, pad, length_normalise)
         else:
             batch = collate(items, pad).to(plm.device)
-            scores[idx] = _score_suffixes(plm, batch, suffix, length_normalise).cpu()
+            scores[idx] = _score_suffixes(plm, batch, suffix, length_normalise, log_probs).cpu()
     best = scores.argmax(dim=1).tolist()
     return [labels[i] for i in best], scores
 
@@ -314,9 +334,16 @@ def _score_full(
 
 
 def _score_suffixes(
-    plm: PromptedLM, batch: Batch, suffixes: Sequence[Sequence[int]], length_normalise: bool
+    plm: PromptedLM,
+    batch: Batch,
+    suffixes: Sequence[Sequence[int]],
+    length_normalise: bool,
+    log_probs: bool = True,
 ) -> torch.Tensor:
-    """(B, n_suffixes) summed log-probs of each suffix after each right-padded context."""
+    """(B, n_suffixes) summed log-probs of each suffix after each right-padded context; with
+    ``log_probs`` False (not with ``length_normalise``) each row less one constant, its
+    log-normaliser at the decoding token (same ranking and softmax over the suffixes)."""
+    log_probs = log_probs or length_normalise
     n_rows, n_suf = batch.input_ids.shape[0], len(suffixes)
     longest = max(len(s) for s in suffixes)
     out = plm.forward(
@@ -324,7 +351,7 @@ def _score_suffixes(
     )
     last = out.hidden[torch.arange(n_rows), batch.lengths - 1]
     first = torch.tensor([s[0] for s in suffixes], device=plm.device)
-    scores = torch.log_softmax(plm.logits(last).float(), dim=-1)[:, first]  # (B, n_suf)
+    scores = _first_scores(plm, last, first, log_probs)  # (B, n_suf)
     if longest > 1:
         cache = out.past_key_values
         cache.batch_repeat_interleave(n_suf)
@@ -344,8 +371,7 @@ def _score_suffixes(
         start = (batch.lengths + plm.n_prompt).repeat_interleave(n_suf)[:, None]
         positions = start + torch.arange(width, device=plm.device)[None]
         step = plm.forward(feed, mask, position_ids=positions, past_key_values=cache)
-        logp = torch.log_softmax(plm.logits(step.hidden[real]).float(), dim=-1)
-        token_lp = logp.gather(1, want[real][:, None])[:, 0]
+        token_lp = plm.token_log_probs(step.hidden[real], want[real][:, None])[:, 0]
         rows = torch.nonzero(real, as_tuple=True)[0]
         extra = torch.zeros(n_rows * n_suf, device=plm.device).index_add(0, rows, token_lp)
         scores = scores + extra.view(n_rows, n_suf)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -135,13 +136,50 @@ class ArchitectureAdapter:
     def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits for the given hidden states only (callers pass just the positions
         they need: Gemma's 262k vocabulary makes full-sequence logits the dominant cost)."""
-        logits: torch.Tensor = self.lm_head(model)(hidden)
-        cfg = model.config
-        cap = getattr(cfg, "final_logit_softcapping", None)
+        head = self.lm_head(model)
+        weight = getattr(head, "weight", None)
+        logits: torch.Tensor
+        if (
+            isinstance(head, nn.Linear)
+            and weight is not None
+            and hidden.dim() == 2
+            and hidden.shape[0] <= TALL_HEAD_ROWS
+        ):
+            # For a few rows the (vocabulary × rows) product, transposed back, reads a large
+            # head about twice as fast on a CPU as (rows × vocabulary); same numbers.
+            logits = (weight @ hidden.T).T.contiguous()
+            if head.bias is not None:
+                logits = logits + head.bias
+        else:
+            logits = head(hidden)
+        return self._softcap(model, logits)
+
+    def token_logits(
+        self, model: nn.Module, hidden: torch.Tensor, ids: torch.Tensor
+    ) -> torch.Tensor:
+        """The logits of the tokens ``ids`` only (N, len(ids)): the same numbers as
+        ``logits(...)[:, ids]`` without the other rows of the head (for Gemma, reading its
+        262k × 640 head costs more than a whole 30-token pass of the backbone)."""
+        head = self.lm_head(model)
+        weight = getattr(head, "weight", None)
+        if not isinstance(head, nn.Linear) or weight is None:
+            return self.logits(model, hidden)[:, ids]
+        ids = ids.to(weight.device)
+        bias = None if head.bias is None else head.bias[ids]
+        logits = F.linear(hidden.to(weight.device), weight[ids], bias)
+        return self._softcap(model, logits)
+
+    @staticmethod
+    def _softcap(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+        cap = getattr(model.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
 
+
+# Up to this many hidden states, :meth:`ArchitectureAdapter.logits` applies the head as one
+# tall product (benchmarks/step_options.py --what head measures both forms).
+TALL_HEAD_ROWS = 64
 
 _DECODER = {
     "backbone_path": "model",

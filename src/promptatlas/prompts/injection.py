@@ -25,7 +25,13 @@ from promptatlas.prompts.kv import cache_for as _cache_for
 from promptatlas.prompts.kv import output_cache, token_key_values, with_cache
 from promptatlas.prompts.soft_prompt import SoftPrompt, check_context
 
-__all__ = ["PromptedForward", "PromptedLM", "autocast_dtype", "token_key_values"]
+__all__ = [
+    "HEAD_CHUNK_ELEMENTS",
+    "PromptedForward",
+    "PromptedLM",
+    "autocast_dtype",
+    "token_key_values",
+]
 
 
 @dataclass
@@ -34,6 +40,11 @@ class PromptedForward:
     past_key_values: Any = None
     attentions: tuple[torch.Tensor, ...] | None = None  # per layer (B, H, T_q, T_kv), with prompt
     hidden_states: tuple[torch.Tensor, ...] | None = None  # per layer output, with prompt positions
+
+
+# Largest logits block a loss or score materialises at once, in elements (128 MiB of float32):
+# Gemma's 262k-word head then works on 128 positions at a time.
+HEAD_CHUNK_ELEMENTS = 32 * 1024 * 1024
 
 
 def _to_heads(x: torch.Tensor, n_kv: int, batch: int) -> torch.Tensor:
@@ -297,39 +308,50 @@ class PromptedLM:
         holds them back to back, ``visible`` (N, N) says which packed token each token may
         attend to (its own sequence's earlier tokens: a block-causal mask) and ``positions``
         (N,) each token's position inside its own sequence. Every token also sees the prompt
-        (run once, as in ``share_prompt``). Returns the hidden states (N, d): the same numbers
-        as each sequence run on its own, with no compute spent on padding. ``states``: from
-        :meth:`prompt_states` (else computed here)."""
+        (v1: its k positions placed first in the same pass; v2: the prefix cache). Returns the
+        hidden states (N, d): the same numbers as each sequence run on its own, with no compute
+        spent on padding. ``states``: from :meth:`prompt_states` (else computed here)."""
         handle = self.handle
         backbone = handle.adapter.backbone(handle.model)
+        input_ids = input_ids.to(self.device)
+        positions = positions.to(self.device)
         n = input_ids.shape[0]
         k = self.n_prompt
+        v1 = self.prompt is not None and self.prompt.method == "v1"
         allowed = torch.cat(
             [torch.ones(n, k, dtype=torch.bool, device=self.device), visible.to(self.device)], 1
-        )[None, None]
+        )
+        kwargs: dict[str, Any] = {}
+        if v1:
+            # The prompt goes first in the same pass (not a pass of its own): each layer's
+            # weights are read once for prompt and rows, and the prompt positions see only
+            # the prompt, causally, so their states are those of the prompt alone.
+            assert self.prompt is not None
+            tensor = self.prompt.tensor() if states is None else states
+            embed = handle.adapter.input_embeddings(handle.model)
+            kwargs["inputs_embeds"] = torch.cat(
+                [tensor.to(self.device, handle.dtype), embed(input_ids)], 0
+            )[None]
+            top = torch.ones(k, k, dtype=torch.bool, device=self.device).tril()
+            top = torch.cat([top, torch.zeros(k, n, dtype=torch.bool, device=self.device)], 1)
+            allowed = torch.cat([top, allowed], 0)
+            positions = torch.cat([torch.arange(k, device=self.device), positions + k])
+        else:
+            kwargs["input_ids"] = input_ids[None]
+            positions = positions + k
+            if self.prompt is not None:  # v2: the prefix cache
+                kwargs.update(with_cache(backbone, self.prefix_cache(1, states)))
+                kwargs["use_cache"] = True
         impl = getattr(handle.model.config, "_attn_implementation", None) or "eager"
         mask: torch.Tensor
         if impl == "sdpa":
-            mask = allowed
+            mask = allowed[None, None]
         else:  # eager adds the mask to the scores
             mask = torch.zeros(allowed.shape, dtype=handle.dtype, device=self.device)
-            mask = mask.masked_fill(~allowed, torch.finfo(handle.dtype).min)
-        kwargs: dict[str, Any] = {}
-        if self.prompt is not None:
-            if self.prompt.method == "v1":
-                cache = self._v1_prompt_cache(torch.long, states)
-            else:
-                cache = self.prefix_cache(1, states)
-            kwargs.update(with_cache(backbone, cache))
-            kwargs["use_cache"] = True
+            mask = mask.masked_fill(~allowed, torch.finfo(handle.dtype).min)[None, None]
         with self._mask_unprompted_layers(), self._autocast():
-            out = backbone(
-                input_ids=input_ids[None].to(self.device),
-                attention_mask=mask,
-                position_ids=(positions.to(self.device) + k)[None],
-                **kwargs,
-            )
-        hidden: torch.Tensor = out.last_hidden_state[0].to(handle.dtype)
+            out = backbone(attention_mask=mask, position_ids=positions[None], **kwargs)
+        hidden: torch.Tensor = out.last_hidden_state[0, k if v1 else 0 :].to(handle.dtype)
         return hidden
 
     def _forward_shared_prompt(
@@ -363,14 +385,44 @@ class PromptedLM:
         The head runs in float32 unless ``head_autocast`` is set (with ``autocast_dtype``):
         language modelling on raw text scores every token, so there the 262k-row head is most
         of the step and bf16 makes it about 3× faster."""
-        autocast = torch.autocast(
+        with self._head_autocast():
+            # .to(): with a device_map the head may sit on another device than the inputs
+            return self.handle.adapter.logits(self.handle.model, hidden).float().to(self.device)
+
+    def token_logits(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The logits of tokens ``ids`` only, (N, len(ids)) float32: ``logits(hidden)[:, ids]``
+        without computing the rest of the vocabulary (where only differences between these
+        tokens' scores matter, e.g. ranking label words)."""
+        with self._head_autocast():
+            model = self.handle.model
+            return self.handle.adapter.token_logits(model, hidden, ids).float().to(self.device)
+
+    @property
+    def head_rows(self) -> int:
+        """Hidden states per LM-head block (at least 1): a block's logits stay within
+        :data:`HEAD_CHUNK_ELEMENTS` floats."""
+        return max(1, HEAD_CHUNK_ELEMENTS // max(1, self.handle.geometry.vocab_size))
+
+    def token_log_probs(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """log p(ids[i, j] | hidden[i]), (N, J) float32: ``log_softmax(logits(hidden))``
+        gathered at ``ids`` (each row's own tokens), at most :attr:`head_rows` hidden states
+        at a time (one (rows × vocabulary) block each, as the LM loss's chunks)."""
+        ids = ids.to(self.device)
+        step = self.head_rows
+        parts = [
+            torch.log_softmax(self.logits(hidden[i : i + step]), -1).gather(1, ids[i : i + step])
+            for i in range(0, hidden.shape[0], step)
+        ]
+        if not parts:
+            return torch.zeros(0, ids.shape[1], device=self.device)
+        return torch.cat(parts)
+
+    def _head_autocast(self) -> Any:
+        return torch.autocast(
             self.device.type,
             dtype=self.autocast_dtype or torch.float32,
             enabled=self.head_autocast and self.autocast_dtype is not None,
         )
-        with autocast:
-            # .to(): with a device_map the head may sit on another device than the inputs
-            return self.handle.adapter.logits(self.handle.model, hidden).float().to(self.device)
 
     def full_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits at every input position (B, T, V). For tests and small inputs only."""
