@@ -14,6 +14,11 @@
   the trainer's own seeded micro-batches of 8) with the rows packed into one padding-free
   sequence (the default of ``rank_loss``) vs right-padded rows; also the largest loss
   difference between the two.
+* ``head``: the LM head for a few rows (forward + backward of the gathered log-probabilities)
+  applied as (rows × vocabulary) vs as the tall (vocabulary × rows) product transposed back
+  (what ``logits`` does up to 64 rows); and rank-loss steps of the main job's tasks with the
+  label words' first-token logits (the default: the row's normaliser cancels in the loss) vs
+  exact log-probabilities through the full head, with the largest loss difference.
 
 Prints medians, the ratio (baseline / option; > 1 = the option is faster) and the CPU::
 
@@ -21,6 +26,7 @@ Prints medians, the ratio (baseline / option; > 1 = the option is faster) and th
     .venv/bin/python benchmarks/step_options.py --what chunked
     .venv/bin/python benchmarks/step_options.py --what shared
     .venv/bin/python benchmarks/step_options.py --what packed --reps 8
+    .venv/bin/python benchmarks/step_options.py --what head --reps 8
 """
 
 from __future__ import annotations
@@ -192,25 +198,21 @@ def bench_shared(a: argparse.Namespace) -> None:
     _report(times, "concatenated")
 
 
-def bench_packed(a: argparse.Namespace) -> None:
-    from promptatlas.evaluation.predict import label_suffixes, rank_loss
+def _main_job_batches(handle: Any, reps: int, batch: int) -> dict[str, tuple[Any, list[Any]]]:
+    """The main job's three tasks (SA-en with its cue, NLI-en, SA-ko): each one's label
+    suffixes and ``reps`` of the trainer's own seeded micro-batches (contexts, golds)."""
+    from promptatlas.evaluation.predict import label_suffixes
     from promptatlas.formatting import EncodedExample, FormatConfig, TaskFormatter, collate
-    from promptatlas.models import load_model
-    from promptatlas.prompts import PromptConfig, PromptedLM, SoftPrompt
     from promptatlas.tasks import get_task, load_split
     from promptatlas.training.trainer import _micro_batch
 
-    handle = load_model(a.model)
-    prompt = SoftPrompt(PromptConfig(method="v1", length=30), handle.geometry)
-    prompt.initialise(handle, generator=torch.Generator().manual_seed(0))
-    plm = PromptedLM(handle, prompt)
     cue = {"template": "{text}\nSentiment:", "separator": "", "target_prefix": " "}
     tasks = {
         "sa-en": ("sa", "en", FormatConfig(**cue)),
         "nli-en": ("nli", "en", FormatConfig(separator="\n")),
         "sa-ko": ("sa", "ko", FormatConfig(separator="\n")),
     }
-    totals: dict[str, float] = {"padded": 0.0, "packed": 0.0}
+    out: dict[str, tuple[Any, list[Any]]] = {}
     for name, (task, lang, fmt_cfg) in tasks.items():
         fmt = TaskFormatter(handle.tokenizer, get_task(task, lang), fmt_cfg)
         train = load_split(task, lang, "train")
@@ -219,10 +221,30 @@ def bench_packed(a: argparse.Namespace) -> None:
         ctx = [fmt.encode_context(ex, reserve=reserve) for ex in train]
         golds_all = torch.tensor([fmt.task.labels.index(ex.label) for ex in train])
         batches = []
-        for i in range(a.reps):
-            idx = _micro_batch(len(train), a.batch, 42, i)
+        for i in range(reps):
+            idx = _micro_batch(len(train), batch, 42, i)
             items = [EncodedExample(tuple(ctx[j]), len(ctx[j])) for j in idx]
             batches.append((collate(items, handle.tokenizer.pad_token_id), golds_all[idx]))
+        out[name] = (suffixes, batches)
+    return out
+
+
+def _v1_plm(handle: Any) -> Any:
+    from promptatlas.prompts import PromptConfig, PromptedLM, SoftPrompt
+
+    prompt = SoftPrompt(PromptConfig(method="v1", length=30), handle.geometry)
+    prompt.initialise(handle, generator=torch.Generator().manual_seed(0))
+    return PromptedLM(handle, prompt)
+
+
+def bench_packed(a: argparse.Namespace) -> None:
+    from promptatlas.evaluation.predict import rank_loss
+    from promptatlas.models import load_model
+
+    handle = load_model(a.model)
+    plm = _v1_plm(handle)
+    totals: dict[str, float] = {"padded": 0.0, "packed": 0.0}
+    for name, (suffixes, batches) in _main_job_batches(handle, a.reps, a.batch).items():
         times: dict[str, list[float]] = {"padded": [], "packed": []}
         worst = 0.0
         for r, (batch, golds) in enumerate(batches):
@@ -247,9 +269,65 @@ def bench_packed(a: argparse.Namespace) -> None:
     print(f"all three tasks: padded / packed = {totals['padded'] / totals['packed']:.2f}")
 
 
+def bench_head(a: argparse.Namespace) -> None:
+    from promptatlas.evaluation import predict
+    from promptatlas.models import load_model
+
+    handle = load_model(a.model)
+    weight = handle.adapter.lm_head(handle.model).weight.detach()
+    vocab, d = weight.shape
+    gen = torch.Generator().manual_seed(0)
+    for rows in (8, 24, 64):
+        hidden = torch.randn(rows, d, generator=gen)
+        ids = torch.randint(0, vocab, (rows, 1), generator=gen)
+
+        def step(tall: bool, hidden: torch.Tensor = hidden, ids: torch.Tensor = ids) -> None:
+            x = hidden.clone().requires_grad_()
+            logits = (weight @ x.T).T.contiguous() if tall else F.linear(x, weight)
+            torch.log_softmax(logits, -1).gather(1, ids).sum().backward()
+
+        times = _interleave(
+            {"rows x vocab": lambda: step(False), "tall": lambda: step(True)}, a.reps, a.warmup
+        )
+        print(f"LM head ({vocab} x {d}), {rows} rows, forward + backward:")
+        _report(times, "rows x vocab")
+    plm = _v1_plm(handle)
+    totals = {"full head": 0.0, "label logits": 0.0}
+    for name, (suffixes, batches) in _main_job_batches(handle, a.reps, a.batch).items():
+        times: dict[str, list[float]] = {k: [] for k in totals}
+        worst = 0.0
+        for r, (batch, golds) in enumerate(batches):
+            packs = predict._packs(plm, batch.lengths.tolist(), suffixes)
+            losses = {}
+            for variant in list(totals) if r % 2 == 0 else list(totals)[::-1]:
+                start = time.perf_counter()
+                if variant == "full head":  # exact log-probabilities, then the loss
+                    scores = predict._score_suffixes_packed(
+                        plm, batch, suffixes, False, packs, log_probs=True
+                    )
+                    loss = F.cross_entropy(scores, golds)
+                else:
+                    loss = predict.rank_loss(plm, batch, golds, suffixes)
+                loss.backward()
+                times[variant].append(time.perf_counter() - start)
+                losses[variant] = loss.item()
+            worst = max(worst, abs(losses["full head"] - losses["label logits"]))
+        print(
+            f"{name}: {a.reps} packed micro-batches of {a.batch}, label words "
+            f"{[len(s) for s in suffixes]} tokens; largest |loss difference| {worst:.2e}"
+        )
+        _report(times, "full head")
+        for k in totals:
+            totals[k] += sum(times[k])
+    ratio = totals["full head"] / totals["label logits"]
+    print(f"all three tasks: full head / label logits = {ratio:.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--what", choices=("precision", "chunked", "shared", "packed"), required=True)
+    p.add_argument(
+        "--what", choices=("precision", "chunked", "shared", "packed", "head"), required=True
+    )
     p.add_argument("--model", default="gemma-3-270m")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--tokens", type=int, default=128, help="chunked: tokens per sequence")
@@ -261,6 +339,7 @@ def main() -> None:
         "chunked": bench_chunked,
         "shared": bench_shared,
         "packed": bench_packed,
+        "head": bench_head,
     }[a.what](a)
 
 

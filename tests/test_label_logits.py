@@ -155,3 +155,35 @@ def test_rank_classify_without_log_probs_predicts_the_same_labels(
         plm, fmt, examples, batch_size=8, length_normalise=True, log_probs=False
     )
     torch.testing.assert_close(normed_fast, normed, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_evaluation_runs_the_v1_prompt_once_with_the_same_scores(
+    tiny_handles: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextlib
+
+    handle = tiny_handles[name]
+    plm = _plm(handle, "v1")
+    fmt, *_ = _batch(handle)
+    reserve = max(len(s) for s in label_suffixes(fmt))
+    pool = load_split("sa", "en", "test")
+    examples = [ex for ex in pool if len(fmt.encode_context(ex, reserve=reserve)) <= 40][:20]
+    passes = []
+    real = PromptedLM._v1_prompt_cache
+
+    def counted(self: PromptedLM, *args: Any, **kwargs: Any) -> Any:
+        passes.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(PromptedLM, "_v1_prompt_cache", counted)
+    _, once = rank_classify(plm, fmt, examples, batch_size=4)  # 5 batches
+    assert len(passes) == 1
+    monkeypatch.setattr(PromptedLM, "fixed_prompt", lambda self: contextlib.nullcontext())
+    passes.clear()
+    _, per_batch = rank_classify(plm, fmt, examples, batch_size=4)
+    assert len(passes) == 5
+    torch.testing.assert_close(once, per_batch, atol=1e-5, rtol=1e-5)
+    # Outside an evaluation (and with gradients) every forward runs its own prompt pass.
+    monkeypatch.undo()
+    assert plm._fixed is None

@@ -305,16 +305,17 @@ def rank_classify(
     order = sorted(range(len(examples)), key=lambda i: len(contexts[i]))  # less padding
     pad = formatter.tokenizer.pad_token_id
     window = plm.sliding_window
-    for idx in _batches(order, batch_size):
-        items = [EncodedExample(tuple(contexts[i]), len(contexts[i])) for i in idx]
-        width = plm.n_prompt + max(len(it.ids) for it in items) + max(len(s) for s in suffix)
-        if window is not None and width > window:
-            # Sliding-window layers count cache slots, not positions: padding inside the
-            # cache would shift the window, so score whole sequences instead.
-            scores[idx] = _score_full(plm, items, suffix, pad, length_normalise)
-        else:
-            batch = collate(items, pad).to(plm.device)
-            scores[idx] = _score_suffixes(plm, batch, suffix, length_normalise, log_probs).cpu()
+    with plm.fixed_prompt():  # one v1 prompt pass for all batches
+        for idx in _batches(order, batch_size):
+            items = [EncodedExample(tuple(contexts[i]), len(contexts[i])) for i in idx]
+            width = plm.n_prompt + max(len(it.ids) for it in items) + max(len(s) for s in suffix)
+            if window is not None and width > window:
+                # Sliding-window layers count cache slots, not positions: padding inside the
+                # cache would shift the window, so score whole sequences instead.
+                scores[idx] = _score_full(plm, items, suffix, pad, length_normalise)
+            else:
+                batch = collate(items, pad).to(plm.device)
+                scores[idx] = _score_suffixes(plm, batch, suffix, length_normalise, log_probs).cpu()
     best = scores.argmax(dim=1).tolist()
     return [labels[i] for i in best], scores
 

@@ -70,6 +70,7 @@ class PromptedLM:
         self.prompt = prompt
         self.autocast_dtype = autocast_dtype
         self.head_autocast = False
+        self._fixed: dict[str, Any] | None = None  # see fixed_prompt()
         if prompt is not None and prompt.geometry != handle.geometry:
             from promptatlas.prompts.config import PromptConfigError
 
@@ -277,6 +278,31 @@ class PromptedLM:
             )
         return cache
 
+    @contextlib.contextmanager
+    def fixed_prompt(self) -> Iterator[None]:
+        """While the prompt does not change and no gradient is taken (an evaluation's batches):
+        the v1 prompt's keys/values are computed by the first shared-prompt forward and reused
+        by every later one, instead of a prompt pass per batch."""
+        previous = getattr(self, "_fixed", None)
+        self._fixed = {}
+        try:
+            yield
+        finally:
+            self._fixed = previous
+
+    def _cache_of(self, key_values: list[tuple[torch.Tensor, torch.Tensor]], batch: int) -> Any:
+        """A cache holding per-layer (1, heads, k, head_dim) keys/values for ``batch`` rows."""
+        cache = _cache_for(self.handle.model)
+        for layer, (key, value) in enumerate(key_values):
+            positions = torch.arange(key.shape[-2], device=key.device)
+            cache.update(
+                key.expand(batch, -1, -1, -1),
+                value.expand(batch, -1, -1, -1),
+                layer,
+                cache_kwargs={"cache_position": positions},
+            )
+        return cache
+
     # -- packed sequences ----------------------------------------------------------------
     def can_pack(self) -> bool:
         """Whether :meth:`forward_packed` applies: the plain prompt injection (no per-input
@@ -362,9 +388,16 @@ class PromptedLM:
         backbone = handle.adapter.backbone(handle.model)
         batch, width = input_ids.shape
         k = self.prompt.length
-        cache = self._v1_prompt_cache(attention_mask.dtype)
+        fixed = getattr(self, "_fixed", None)
+        if fixed is not None and not torch.is_grad_enabled():
+            if "key_values" not in fixed:  # the first batch inside fixed_prompt()
+                once = self._v1_prompt_cache(attention_mask.dtype)
+                fixed["key_values"] = [(layer.keys, layer.values) for layer in once.layers]
+            cache = self._cache_of(fixed["key_values"], batch)
+        else:
+            cache = self._v1_prompt_cache(attention_mask.dtype)
+            cache.batch_repeat_interleave(batch)
         autocast = self._autocast()
-        cache.batch_repeat_interleave(batch)
         positions = torch.arange(k, k + width, device=self.device).expand(batch, -1)
         with autocast:
             out = backbone(
