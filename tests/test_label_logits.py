@@ -55,6 +55,17 @@ def _batch(
     return fmt, batch, suffixes, golds
 
 
+def _short_test_examples(handle: Any, n: int) -> tuple[TaskFormatter, list[Any]]:
+    """SA-en formatter and ``n`` test examples inside tiny-gemma3's window: the cached-suffix
+    path of rank_classify, not the whole-sequence fallback."""
+    fmt, *_ = _batch(handle)
+    reserve = max(len(s) for s in label_suffixes(fmt))
+    pool = load_split("sa", "en", "test")
+    examples = [ex for ex in pool if len(fmt.encode_context(ex, reserve=reserve)) <= 40][:n]
+    assert len(examples) == n
+    return fmt, examples
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_token_logits_tall_head_and_token_log_probs_equal_the_plain_head(
     tiny_handles: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch
@@ -85,7 +96,9 @@ def test_token_logits_tall_head_and_token_log_probs_equal_the_plain_head(
         monkeypatch.undo()
     # A soft-capped head (Gemma 2's final_logit_softcapping) caps the chosen logits too.
     monkeypatch.setattr(handle.model.config, "final_logit_softcapping", 0.5, raising=False)
-    hidden = torch.randn(4, handle.geometry.d_model) * 30
+    hidden = (
+        torch.randn(4, handle.geometry.d_model, generator=torch.Generator().manual_seed(4)) * 30
+    )
     capped = plm.logits(hidden)
     assert capped.abs().max() <= 0.5 + 1e-6
     torch.testing.assert_close(plm.token_logits(hidden, ids), capped[:, ids], atol=1e-6, rtol=1e-6)
@@ -137,12 +150,7 @@ def test_rank_classify_without_log_probs_predicts_the_same_labels(
 ) -> None:
     handle = tiny_handles[name]
     plm = _plm(handle, "v1")
-    fmt, *_ = _batch(handle)
-    reserve = max(len(s) for s in label_suffixes(fmt))
-    # Inside tiny-gemma3's window: the cached-suffix path, not the whole-sequence fallback.
-    pool = load_split("sa", "en", "test")
-    examples = [ex for ex in pool if len(fmt.encode_context(ex, reserve=reserve)) <= 40][:24]
-    assert len(examples) == 24
+    fmt, examples = _short_test_examples(handle, 24)
     preds, exact = rank_classify(plm, fmt, examples, batch_size=8)
     preds_fast, fast = rank_classify(plm, fmt, examples, batch_size=8, log_probs=False)
     assert preds_fast == preds
@@ -165,10 +173,7 @@ def test_evaluation_runs_the_v1_prompt_once_with_the_same_scores(
 
     handle = tiny_handles[name]
     plm = _plm(handle, "v1")
-    fmt, *_ = _batch(handle)
-    reserve = max(len(s) for s in label_suffixes(fmt))
-    pool = load_split("sa", "en", "test")
-    examples = [ex for ex in pool if len(fmt.encode_context(ex, reserve=reserve)) <= 40][:20]
+    fmt, examples = _short_test_examples(handle, 20)
     passes = []
     real = PromptedLM._v1_prompt_cache
 
