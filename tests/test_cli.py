@@ -101,5 +101,13 @@ def test_experiment_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert len(rows) == 4 and all(r["trained"] is not None for r in rows)
     assert all(r["loss_first"] is not None and r["loss_last"] is not None for r in rows)
     assert (tmp_path / "out" / "results.csv").read_text().count("\n") == 5
+    # v1 − v2 on the same test examples, paired: the point is the two trained scores' difference.
+    diffs = json.loads((tmp_path / "out" / "results.json").read_text())["method_differences"]
+    sa = [d for d in diffs if d["task"] == "sa"]
+    trained = {r["method"]: r["trained"] for r in rows if r["task"] == "sa"}
+    assert len(sa) == 1 and (sa[0]["a"], sa[0]["b"], sa[0]["n_test"]) == ("v1", "v2", 4)
+    assert sa[0]["difference"] == pytest.approx(trained["v1"] - trained["v2"])
+    assert sa[0]["ci"][0] <= sa[0]["difference"] <= sa[0]["ci"][1]
+    assert "v1 − v2 = " in text
     code, text, _ = _run(capsys, "run", str(exp), "--quiet")
     assert code == 0 and "4 reused, 0 to run" in text

@@ -46,7 +46,7 @@ from promptatlas.configtools import (
     config_hash,
     from_dict,
 )
-from promptatlas.evaluation.evaluate import EvalConfig
+from promptatlas.evaluation.evaluate import EvalConfig, paired_gain, stored_examples
 from promptatlas.formatting import FormatConfig, with_template
 from promptatlas.io import write_text_atomic
 from promptatlas.models import DEFAULT_MODEL, ModelHandle, load_model
@@ -283,6 +283,45 @@ def _table_rows(exp: ExperimentConfig) -> list[dict[str, Any]]:
     return rows
 
 
+def method_differences(exp: ExperimentConfig) -> list[dict[str, Any]]:
+    """Every pair of methods of the same task, language and seed: ``a − b`` of their trained
+    test scores with a paired 95% bootstrap interval over the same test examples (``a`` before
+    ``b`` in the experiment's method order: for the compression study v1 − v2, …, v2-peak −
+    v2-trough). Pairs scored on different examples, or without per-example data, are left
+    out."""
+    by_cell: dict[tuple[str, str, int], list[tuple[str, Any]]] = {}
+    for task, lang, method, seed in exp.cells():
+        directory = exp.prompt_dir(task, lang, method, seed)
+        if not (directory / "prompt.json").exists():
+            continue
+        test = read_metadata(directory).metrics.get("test", {})
+        by_cell.setdefault((task, lang, seed), []).append((method, test))
+    out = []
+    for (task, lang, seed), entries in by_cell.items():
+        for i, (a, test_a) in enumerate(entries):
+            for b, test_b in entries[i + 1 :]:
+                diff = paired_gain(stored_examples(test_a), stored_examples(test_b))
+                if diff is None:
+                    continue
+                out.append(
+                    {"task": task, "lang": lang, "seed": seed, "a": a, "b": b,
+                     "difference": diff["value"], "ci": [diff["low"], diff["high"]],
+                     "significant": diff["significant"], "n_test": diff["n"]}
+                )  # fmt: skip
+    return out
+
+
+def format_differences(diffs: list[dict[str, Any]]) -> str:
+    """One line per method pair: ``sa-en seed 42: v2-peak − v2-trough = +7.3* [+3.0, +11.7]``
+    (×100; ``*``: the paired interval excludes 0)."""
+    return "\n".join(
+        f"{d['task']}-{d['lang']} seed {d['seed']}: {d['a']} − {d['b']} = "
+        f"{100 * d['difference']:+.1f}{'*' if d['significant'] else ''} "
+        f"[{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]"
+        for d in diffs
+    )
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(float(value), 3)
 
@@ -353,8 +392,15 @@ def write_tables(exp: ExperimentConfig) -> tuple[Path, Path, str]:
         writer.writeheader()
         writer.writerows(rows)
     write_text_atomic(csv_path, buffer.getvalue())
-    dump_json(json_path, {"experiment": exp.name, "model": exp.model, "rows": rows})
-    return csv_path, json_path, format_table(rows)
+    diffs = method_differences(exp)
+    dump_json(
+        json_path,
+        {"experiment": exp.name, "model": exp.model, "rows": rows, "method_differences": diffs},
+    )
+    table = format_table(rows)
+    if diffs:
+        table += "\nbetween methods (trained, paired 95% CI):\n" + format_differences(diffs)
+    return csv_path, json_path, table
 
 
 def run_experiment(

@@ -187,7 +187,6 @@ class LanguagePromptResult:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def lm_loss(plm: PromptedLM, formatter: TextLMFormatter, texts: Sequence[str], batch: int) -> float:
     """Token-weighted mean next-token loss of ``texts`` under the prompted model."""
     total, count = 0.0, 0
