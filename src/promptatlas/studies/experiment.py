@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from promptatlas.bank import ResultsDB, read_metadata
+from promptatlas.bank import PromptMetadata, ResultsDB, read_metadata
 from promptatlas.configtools import (
     ConfigBase,
     ConfigError,
@@ -46,6 +46,7 @@ from promptatlas.configtools import (
     config_hash,
     from_dict,
 )
+from promptatlas.evaluation.confidence import Estimate
 from promptatlas.evaluation.evaluate import EvalConfig, paired_gain, stored_examples
 from promptatlas.formatting import FormatConfig, with_template
 from promptatlas.io import write_text_atomic
@@ -245,13 +246,24 @@ def experiment_from_mapping(data: Mapping[str, Any], path: Path) -> ExperimentCo
         raise ExperimentError(f"{path}: {exc}") from None
 
 
-def _table_rows(exp: ExperimentConfig) -> list[dict[str, Any]]:
+Cell = tuple[str, str, str, int]  # task, lang, method, seed
+
+
+def _finished(exp: ExperimentConfig) -> list[tuple[Cell, PromptMetadata]]:
+    """The experiment's cells that have a saved prompt, with its metadata (read once)."""
+    return [
+        (cell, read_metadata(exp.prompt_dir(*cell)))
+        for cell in exp.cells()
+        if (exp.prompt_dir(*cell) / "prompt.json").exists()
+    ]
+
+
+def _table_rows(
+    exp: ExperimentConfig, finished: list[tuple[Cell, PromptMetadata]]
+) -> list[dict[str, Any]]:
     rows = []
-    for task, lang, method, seed in exp.cells():
+    for (task, lang, method, seed), meta in finished:
         directory = exp.prompt_dir(task, lang, method, seed)
-        if not (directory / "prompt.json").exists():
-            continue
-        meta = read_metadata(directory)
         history = meta.extra.get("history") or [{}]
         test = meta.metrics.get("test", {})
         base = meta.metrics.get("untrained_test", {})
@@ -283,18 +295,15 @@ def _table_rows(exp: ExperimentConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def method_differences(exp: ExperimentConfig) -> list[dict[str, Any]]:
+def method_differences(finished: list[tuple[Cell, PromptMetadata]]) -> list[dict[str, Any]]:
     """Every pair of methods of the same task, language and seed: ``a − b`` of their trained
     test scores with a paired 95% bootstrap interval over the same test examples (``a`` before
     ``b`` in the experiment's method order: for the compression study v1 − v2, …, v2-peak −
     v2-trough). Pairs scored on different examples, or without per-example data, are left
     out."""
     by_cell: dict[tuple[str, str, int], list[tuple[str, Any]]] = {}
-    for task, lang, method, seed in exp.cells():
-        directory = exp.prompt_dir(task, lang, method, seed)
-        if not (directory / "prompt.json").exists():
-            continue
-        test = read_metadata(directory).metrics.get("test", {})
+    for (task, lang, method, seed), meta in finished:
+        test = meta.metrics.get("test", {})
         by_cell.setdefault((task, lang, seed), []).append((method, test))
     out = []
     for (task, lang, seed), entries in by_cell.items():
@@ -312,12 +321,11 @@ def method_differences(exp: ExperimentConfig) -> list[dict[str, Any]]:
 
 
 def format_differences(diffs: list[dict[str, Any]]) -> str:
-    """One line per method pair: ``sa-en seed 42: v2-peak − v2-trough = +7.3* [+3.0, +11.7]``
+    """One line per method pair: ``sa-en seed 42: v2-peak − v2-trough = +7.3* [4.0, 11.0]``
     (×100; ``*``: the paired interval excludes 0)."""
     return "\n".join(
         f"{d['task']}-{d['lang']} seed {d['seed']}: {d['a']} − {d['b']} = "
-        f"{100 * d['difference']:+.1f}{'*' if d['significant'] else ''} "
-        f"[{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]"
+        + Estimate(d["difference"], d["ci"][0], d["ci"][1], d["n_test"]).format(signed=True)
         for d in diffs
     )
 
@@ -382,7 +390,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def write_tables(exp: ExperimentConfig) -> tuple[Path, Path, str]:
-    rows = _table_rows(exp)
+    finished = _finished(exp)
+    rows = _table_rows(exp, finished)
     out = Path(exp.out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out / "results.csv", out / "results.json"
@@ -392,7 +401,7 @@ def write_tables(exp: ExperimentConfig) -> tuple[Path, Path, str]:
         writer.writeheader()
         writer.writerows(rows)
     write_text_atomic(csv_path, buffer.getvalue())
-    diffs = method_differences(exp)
+    diffs = method_differences(finished)
     dump_json(
         json_path,
         {"experiment": exp.name, "model": exp.model, "rows": rows, "method_differences": diffs},
@@ -473,7 +482,7 @@ def run_experiment(
             f"{json_path}; prompts: {Path(exp.out) / 'bank'}{page}; "
             f"{time.perf_counter() - started:.0f}s"
         )
-        return _table_rows(exp)
+        return _table_rows(exp, _finished(exp))
     finally:
         if owns_db:
             db.close()
