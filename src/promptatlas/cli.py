@@ -402,7 +402,9 @@ def _add_run(sub: Any) -> None:
         "run",
         help="run an experiment file (YAML)",
         description="Run every cell of an experiment file that is not done yet "
-        "(resumable) and write its results tables.",
+        "(resumable) and write its results tables: results.csv and results.json (scores "
+        "with 95% intervals; results.json also holds method_differences, each pair of "
+        "methods of a task, language and seed with a paired interval).",
     )
     p.add_argument("experiment", help="e.g. configs/quickstart.yaml")
     p.add_argument("--out", default=None, help="override the experiment's output folder")
